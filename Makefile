@@ -1,0 +1,47 @@
+# Everything a fresh Debian machine needs, as root: `make test` and `make demo`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+APT_DATA := dataset-fashion-mnist
+APT_SLURM := slurmctld slurmd slurm-client munge
+JOBS ?= 2
+
+.PHONY: venv apt-data apt-slurm test demo lint format bench clean
+
+$(STAMP): setup.py constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt torch torchvision
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,coco]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Installs Debian packages only when missing (dpkg -s), so reruns are instant.
+apt-data:
+	@bash scripts/apt_ensure.sh $(APT_DATA)
+
+apt-slurm:
+	@bash scripts/apt_ensure.sh $(APT_SLURM)
+
+test: venv apt-data apt-slurm
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -n $(JOBS) --durations=15 tests
+
+demo: venv apt-data
+	$(PY) -m launch pipeline --config configs/pipeline/fashion_tiny.yaml --output-dir runs/demo
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

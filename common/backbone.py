@@ -1,0 +1,213 @@
+"""ViT backbones (timm), their export format, and on-demand access to attention.
+
+Export format (``export/``), read by every later stage:
+- ``backbone.pth``: the backbone's state dict in timm ``VisionTransformer`` key format;
+- ``backbone.json``: ``{"format": ..., "timm_kwargs": {...}, "meta": {...}}``; the kwargs
+  rebuild the model with ``timm.models.vision_transformer.VisionTransformer(**kwargs)``,
+  after which ``load_state_dict(..., strict=True)`` succeeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from common.checkpoint import CheckpointError, atomic_torch_save, load_state_dict_strict
+
+EXPORT_FORMAT = "labelfew-backbone-v1"
+
+# Sizes from the ViT / DeiT papers; "vit_tiny" is DeiT-Ti.
+ARCH_PRESETS: dict[str, dict[str, int]] = {
+    "vit_tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
+    "vit_small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
+    "vit_base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
+    "vit_large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
+}
+
+
+def backbone_kwargs(
+    arch: str,
+    img_size: int,
+    patch_size: int,
+    num_register_tokens: int = 0,
+    drop_path_rate: float = 0.0,
+    **overrides: Any,
+) -> dict:
+    """The timm ``VisionTransformer`` kwargs of a preset; ``overrides`` set depth/dim/heads etc."""
+    if arch not in ARCH_PRESETS and arch != "custom":
+        raise ValueError(
+            f"unknown backbone arch {arch!r}; choose one of {sorted(ARCH_PRESETS)} or 'custom' "
+            "(then give embed_dim, depth and num_heads)"
+        )
+    if img_size % patch_size:
+        raise ValueError(
+            f"image size {img_size} is not divisible by patch size {patch_size}; "
+            f"use e.g. {img_size - img_size % patch_size}"
+        )
+    kwargs: dict[str, Any] = dict(ARCH_PRESETS.get(arch, {}))
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    missing = [k for k in ("embed_dim", "depth", "num_heads") if k not in kwargs]
+    if missing:
+        raise ValueError(f"backbone arch 'custom' needs {missing}")
+    if kwargs["embed_dim"] % kwargs["num_heads"]:
+        raise ValueError(
+            f"embed_dim {kwargs['embed_dim']} is not divisible by num_heads {kwargs['num_heads']}"
+        )
+    kwargs.update(
+        img_size=img_size,
+        patch_size=patch_size,
+        num_classes=0,
+        reg_tokens=num_register_tokens,
+        drop_path_rate=drop_path_rate,
+        # Multi-crop feeds local crops smaller than img_size: interpolate position embeddings.
+        dynamic_img_size=True,
+    )
+    return kwargs
+
+
+def build_backbone(kwargs: dict) -> VisionTransformer:
+    """A timm ViT from exported kwargs; attention goes through scaled_dot_product_attention."""
+    return VisionTransformer(**kwargs)
+
+
+def num_prefix_tokens(model: VisionTransformer) -> int:
+    return int(model.num_prefix_tokens)
+
+
+def patch_grid(model: VisionTransformer, height: int, width: int) -> tuple[int, int]:
+    ph, pw = model.patch_embed.patch_size
+    return height // ph, width // pw
+
+
+def split_tokens(model: VisionTransformer, tokens: torch.Tensor, height: int, width: int):
+    """[B, N, C] normalised tokens -> (cls [B, C], patches [B, h, w, C])."""
+    h, w = patch_grid(model, height, width)
+    p = num_prefix_tokens(model)
+    return tokens[:, 0], tokens[:, p:].reshape(tokens.shape[0], h, w, tokens.shape[-1])
+
+
+def forward_tokens(model: VisionTransformer, images: torch.Tensor):
+    """Final-norm cls token and patch-token grid of a batch of images."""
+    tokens = model.forward_features(images)
+    return split_tokens(model, tokens, images.shape[-2], images.shape[-1])
+
+
+def export_backbone(
+    model: VisionTransformer, kwargs: dict, export_dir: str | Path, meta: dict | None = None
+) -> Path:
+    """Write ``backbone.pth`` + ``backbone.json`` atomically (state dict on CPU)."""
+    export_dir = Path(export_dir)
+    export_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    atomic_torch_save(state, export_dir / "backbone.pth")
+    info = {"format": EXPORT_FORMAT, "timm_kwargs": kwargs, "meta": meta or {}}
+    tmp = export_dir / ".backbone.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(export_dir / "backbone.json")
+    return export_dir
+
+
+def resolve_export_dir(path: str | Path) -> Path:
+    """Accept an export folder or a run directory that contains ``export/``."""
+    path = Path(path)
+    for cand in (path, path / "export"):
+        if (cand / "backbone.json").is_file() and (cand / "backbone.pth").is_file():
+            return cand
+    raise CheckpointError(
+        f"no exported backbone at {path} (expected backbone.json and backbone.pth there or in "
+        f"{path / 'export'}). Run `python -m pretrain.export RUN_DIR` on a pretraining run."
+    )
+
+
+def load_backbone(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[VisionTransformer, dict]:
+    """Rebuild an exported backbone (strict load), in eval mode; returns (model, info)."""
+    export_dir = resolve_export_dir(path)
+    info = json.loads((export_dir / "backbone.json").read_text())
+    if info.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(
+            f"{export_dir}/backbone.json has format {info.get('format')!r}, expected "
+            f"{EXPORT_FORMAT!r}; re-export it with `python -m pretrain.export RUN_DIR`"
+        )
+    model = build_backbone(info["timm_kwargs"])
+    state = torch.load(export_dir / "backbone.pth", map_location="cpu", weights_only=True)
+    load_state_dict_strict(model, state, f"exported backbone {export_dir}")
+    return model.to(device).eval(), info
+
+
+def backbone_hash(path: str | Path) -> str:
+    """A short content hash of an export (weights + kwargs) for cache keys."""
+    export_dir = resolve_export_dir(path)
+    h = hashlib.sha256()
+    for name in ("backbone.json", "backbone.pth"):
+        with open(export_dir / name, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+@contextmanager
+def capture_qk(model: VisionTransformer, layers: Sequence[int] = (-1,)) -> Iterator[dict]:
+    """Record queries and keys of the given blocks during forwards inside the context.
+
+    Yields a dict ``layer -> (q, k)`` with shape [B, heads, N, head_dim] each (after
+    q/k norms). Hooks exist only inside the context, so training pays nothing.
+    """
+    store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    handles = []
+    depth = len(model.blocks)
+    for layer in layers:
+        idx = layer % depth
+        attn = model.blocks[idx].attn
+        if not hasattr(attn, "qkv"):
+            raise CheckpointError(
+                f"block {idx} of this backbone has no fused qkv projection; attention maps "
+                "need a timm ViT Attention module"
+            )
+
+        def hook(module, args, kwargs, _idx=idx):
+            x = args[0] if args else kwargs["x"]
+            b, n, _ = x.shape
+            qkv = module.qkv(x).reshape(b, n, 3, module.num_heads, module.head_dim)
+            q, k, _v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            store[_idx] = (module.q_norm(q), module.k_norm(k))
+
+        handles.append(attn.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def attention_from_qk(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Softmax self-attention weights [B, heads, N, N] from captured q, k."""
+    scale = q.shape[-1] ** -0.5
+    return ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+
+
+@torch.no_grad()
+def last_block_attention(model: VisionTransformer, images: torch.Tensor) -> dict:
+    """cls-to-patch attention and cls-query/patch-key cosine of the last block.
+
+    Returns ``attn`` [B, heads, h, w] (softmax weights of the cls row over patches) and
+    ``cosine`` [B, heads, h, w] (cosine of the cls query with each patch key), as used by
+    the DINO figure and the CST pseudo-label recipe respectively.
+    """
+    with capture_qk(model, (-1,)) as store:
+        model.forward_features(images)
+    q, k = store[len(model.blocks) - 1]
+    p = num_prefix_tokens(model)
+    h, w = patch_grid(model, images.shape[-2], images.shape[-1])
+    attn = attention_from_qk(q, k)[:, :, 0, p:]
+    cos = torch.nn.functional.cosine_similarity(q[:, :, :1], k[:, :, p:], dim=-1)
+    b, heads = q.shape[:2]
+    return {"attn": attn.reshape(b, heads, h, w), "cosine": cos.reshape(b, heads, h, w)}

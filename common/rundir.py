@@ -1,0 +1,145 @@
+"""The run directory every stage writes: config, log, metrics, checkpoints, export, figures."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.config import Config, ConfigError, diff_configs, load_config, save_config, to_dict
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside ``<output_dir>``; see README "Run directory"."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.txt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    def make(self) -> RunDir:
+        for d in (self.root, self.checkpoints, self.export, self.figures):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+# Keys a user may change when resuming without it counting as "a different run".
+RESUMABLE_KEYS = ("train.max_steps", "device", "data.num_workers", "launch")
+
+
+def prepare_run_dir(output_dir: str | Path, cfg: Config, stage: str, force: bool = False) -> RunDir:
+    """Create the run directory and write ``config.yaml``.
+
+    An existing directory holding a different config is refused unless ``force`` is set,
+    so a typo in ``--output-dir`` never mixes two experiments' checkpoints.
+    """
+    run = RunDir(Path(output_dir)).make()
+    if run.config.is_file() and not force:
+        old = load_config(stage, run.config)
+        changed = [
+            k
+            for k in diff_configs(to_dict(old), to_dict(cfg))
+            if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)
+        ]
+        if changed:
+            raise ConfigError(
+                f"{run.root} already holds a run with a different config (keys differ: "
+                f"{', '.join(changed[:8])}). Choose another --output-dir, or pass --force to "
+                "overwrite its config and resume from its checkpoint."
+            )
+    save_config(cfg, run.config)
+    return run
+
+
+def setup_logging(run: RunDir | None, rank: int = 0, level: int = logging.INFO) -> None:
+    """Console logging on rank 0 only; every rank logs to its file (rank>0: log.rank<N>.txt)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_labelfew", False):
+            root.removeHandler(h)
+    root.setLevel(level)
+    fmt = logging.Formatter(LOG_FORMAT)
+    handlers: list[logging.Handler] = []
+    if rank == 0:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    if run is not None:
+        name = "log.txt" if rank == 0 else f"log.rank{rank}.txt"
+        handlers.append(logging.FileHandler(run.root / name))
+    for h in handlers:
+        h.setFormatter(fmt)
+        h._labelfew = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class MetricsLogger:
+    """Append one JSON object per call to ``metrics.jsonl``; each carries a ``step`` key."""
+
+    def __init__(self, path: str | Path, enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def log(self, step: int, **values: Any) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: _jsonable(v) for k, v in values.items()}}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """All records of a ``metrics.jsonl`` (a torn last line, from a crash, is skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out

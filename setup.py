@@ -1,0 +1,33 @@
+"""Label-efficient vision toolkit: SSL ViT pretraining, attention distillation, few-shot heads."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="labelfew",
+    version="0.1.0",
+    description=(
+        "Self-supervised ViT pretraining (DINO/iBOT/MSN/MaskCluster), attention pseudo-labels "
+        "with a mask enhancer, and few-shot classification + segmentation, launchable on SLURM."
+    ),
+    python_requires=">=3.10",
+    packages=find_packages(include=["common*", "pretrain*", "distill*", "fewshot*", "launch*"]),
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "timm>=1.0",
+        "numpy>=1.24",
+        "pyyaml>=6.0",
+        "submitit>=1.5",
+        "faiss-cpu>=1.8",
+        "scikit-learn>=1.3",
+        "tqdm>=4.60",
+        "pillow>=9.0",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.2", "ruff>=0.6"],
+        # On GPU clusters: `pip install -e .[gpu]` then `pip uninstall faiss-cpu`.
+        "gpu": ["xformers>=0.0.25", "faiss-gpu-cu12>=1.8"],
+        "coco": ["pycocotools>=2.0.7"],
+    },
+)
