@@ -1,4 +1,4 @@
-"""Shared building blocks of every stage: config, run directory, checkpoints, backbone, data, metrics.
+"""Shared by every stage: config, run directory, checkpoints, backbone, data, metrics.
 
 `common` imports no stage package; stages import from here.
 """

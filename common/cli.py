@@ -1,4 +1,4 @@
-"""The command line every stage shares: ``python -m <stage> --config FILE [--output-dir DIR] [k=v ...]``."""
+"""The shared stage command line: ``python -m <stage> --config FILE [--output-dir DIR] [k=v]``."""
 
 from __future__ import annotations
 
@@ -34,13 +34,13 @@ def build_parser(stage: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--config",
         default=None,
-        help="experiment YAML (a path, or a preset name from configs/%s/); "
-        "it names a `base` and holds only overrides" % stage,
+        help=f"experiment YAML (a path, or a preset name from configs/{stage}/); "
+        "it names a `base` and holds only overrides",
     )
     parser.add_argument(
         "--output-dir",
         default=None,
-        help="run directory (default runs/%s/<config name>); an existing one is resumed" % stage,
+        help=f"run directory (default runs/{stage}/<config name>); an existing one is resumed",
     )
     parser.add_argument(
         "--force",
