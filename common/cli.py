@@ -20,7 +20,7 @@ def build_parser(stage: str, description: str) -> argparse.ArgumentParser:
     defaults = CONFIG_ROOT / stage / "default.yaml"
     presets = ", ".join(sorted(p.stem for p in defaults.parent.glob("*.yaml")))
     parser = argparse.ArgumentParser(
-        prog=f"python -m {stage}",
+        prog=f"python -m {stage.replace('/', '.')}",
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
