@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ import yaml
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 # Keys whose default is a mapping that accepts new sub-keys (e.g. free-form kwargs).
 OPEN_KEY_MARKER = "_open"
+# YAML 1.1 reads "5e-4" (no dot) as a string; we read it as the float users mean.
+_SCI_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 class ConfigError(ValueError):
@@ -90,6 +93,8 @@ def _type_name(value: Any) -> str:
 
 def _check_type(key: str, default: Any, value: Any, source: str) -> Any:
     """Return ``value`` coerced to the default's type, or raise a ConfigError."""
+    if isinstance(value, str) and _SCI_FLOAT.match(value.strip()):
+        value = float(value)
     if default is None or value is None:
         return value
     if isinstance(default, bool):
@@ -151,23 +156,27 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def resolve_config_path(name_or_path: str | Path, stage: str | None = None) -> Path:
+def resolve_config_path(
+    name_or_path: str | Path, stage: str | None = None, config_root: Path = CONFIG_ROOT
+) -> Path:
     """Accept a path, or a preset name such as ``fashion_tiny`` looked up in configs/<stage>/."""
     path = Path(name_or_path)
     if path.is_file():
         return path
     if stage is not None:
-        for cand in (CONFIG_ROOT / stage / path, CONFIG_ROOT / stage / f"{path}.yaml"):
+        for cand in (config_root / stage / path, config_root / stage / f"{path}.yaml"):
             if cand.is_file():
                 return cand
-    presets = sorted(p.stem for p in (CONFIG_ROOT / (stage or "")).glob("*.yaml"))
+    presets = sorted(p.stem for p in (config_root / (stage or "")).glob("*.yaml"))
     raise ConfigError(
         f"config '{name_or_path}' not found (as a path or a preset of stage '{stage}'). "
         f"Available presets: {', '.join(presets) or 'none'}."
     )
 
 
-def _layers(path: Path, stage: str, seen: tuple[Path, ...] = ()) -> list[tuple[dict, str]]:
+def _layers(
+    path: Path, stage: str, config_root: Path, seen: tuple[Path, ...] = ()
+) -> list[tuple[dict, str]]:
     """The chain of (overrides, source) from the outermost base to ``path``."""
     path = path.resolve()
     if path in seen:
@@ -178,8 +187,8 @@ def _layers(path: Path, stage: str, seen: tuple[Path, ...] = ()) -> list[tuple[d
         return [(data, str(path))]
     base_path = path.parent / base
     if not base_path.is_file():
-        base_path = resolve_config_path(base, stage)
-    return _layers(base_path, stage, seen + (path,)) + [(data, str(path))]
+        base_path = resolve_config_path(base, stage, config_root)
+    return _layers(base_path, stage, config_root, seen + (path,)) + [(data, str(path))]
 
 
 def parse_override(arg: str) -> tuple[str, Any]:
@@ -191,6 +200,8 @@ def parse_override(arg: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str) and _SCI_FLOAT.match(value.strip()):
+        value = float(value)
     return key.strip(), value
 
 
@@ -205,14 +216,15 @@ def load_config(
     stage: str,
     config: str | Path | None = None,
     overrides: Iterable[str] = (),
+    config_root: Path = CONFIG_ROOT,
 ) -> Config:
     """Defaults of ``stage``, then the layers of ``config``, then ``key=value`` overrides."""
-    defaults_path = CONFIG_ROOT / stage / "default.yaml"
+    defaults_path = config_root / stage / "default.yaml"
     cfg = _read_yaml(defaults_path)
     cfg.pop("base", None)
     if config is not None:
-        path = resolve_config_path(config, stage)
-        for layer, source in _layers(path, stage):
+        path = resolve_config_path(config, stage, config_root)
+        for layer, source in _layers(path, stage, config_root):
             if layer.get("stage", stage) != stage:
                 raise ConfigError(
                     f"{source} is a config for stage '{layer['stage']}', not '{stage}'. "

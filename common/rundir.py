@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.config import Config, ConfigError, diff_configs, load_config, save_config, to_dict
+from common.config import (
+    CONFIG_ROOT,
+    Config,
+    ConfigError,
+    diff_configs,
+    load_config,
+    save_config,
+    to_dict,
+)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -60,7 +68,13 @@ class RunDir:
 RESUMABLE_KEYS = ("train.max_steps", "device", "data.num_workers", "launch")
 
 
-def prepare_run_dir(output_dir: str | Path, cfg: Config, stage: str, force: bool = False) -> RunDir:
+def prepare_run_dir(
+    output_dir: str | Path,
+    cfg: Config,
+    stage: str,
+    force: bool = False,
+    config_root: Path = CONFIG_ROOT,
+) -> RunDir:
     """Create the run directory and write ``config.yaml``.
 
     An existing directory holding a different config is refused unless ``force`` is set,
@@ -68,7 +82,7 @@ def prepare_run_dir(output_dir: str | Path, cfg: Config, stage: str, force: bool
     """
     run = RunDir(Path(output_dir)).make()
     if run.config.is_file() and not force:
-        old = load_config(stage, run.config)
+        old = load_config(stage, run.config, config_root=config_root)
         changed = [
             k
             for k in diff_configs(to_dict(old), to_dict(cfg))

@@ -1,0 +1,69 @@
+"""Run directory layout, config protection, metrics lines and rank-aware logging."""
+
+import logging
+
+import pytest
+import yaml
+
+from common.config import ConfigError, load_config
+from common.rundir import MetricsLogger, prepare_run_dir, read_metrics, setup_logging
+
+DEFAULTS = {
+    "stage": "toy",
+    "seed": 0,
+    "device": "auto",
+    "data": {"root": "d", "num_workers": 1},
+    "train": {"max_steps": None, "batch_size": 2},
+}
+
+
+@pytest.fixture()
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("configs")
+    (root / "toy").mkdir()
+    (root / "toy" / "default.yaml").write_text(yaml.safe_dump(DEFAULTS))
+    return root
+
+
+def test_run_dir_layout_and_config_written(tmp_path, root):
+    cfg = load_config("toy", config_root=root)
+    run = prepare_run_dir(tmp_path / "run", cfg, "toy", config_root=root)
+    for path in (run.config, run.checkpoints, run.export, run.figures):
+        assert path.exists()
+    assert load_config("toy", run.config, config_root=root) == cfg
+
+
+def test_different_config_refused_unless_forced(tmp_path, root):
+    cfg = load_config("toy", config_root=root)
+    prepare_run_dir(tmp_path, cfg, "toy", config_root=root)
+    changed = load_config("toy", None, ["seed=123"], config_root=root)
+    with pytest.raises(ConfigError, match="seed"):
+        prepare_run_dir(tmp_path, changed, "toy", config_root=root)
+    prepare_run_dir(tmp_path, changed, "toy", force=True, config_root=root)
+    # Changing only the step budget is a resume, not a different run.
+    longer = load_config("toy", None, ["seed=123", "train.max_steps=7"], config_root=root)
+    prepare_run_dir(tmp_path, longer, "toy", config_root=root)
+
+
+def test_metrics_lines_have_step_and_survive_torn_line(tmp_path):
+    logger = MetricsLogger(tmp_path / "metrics.jsonl")
+    logger.log(1, loss=0.5)
+    logger.log(2, loss=float("nan"), lr=1e-3)
+    with (tmp_path / "metrics.jsonl").open("a") as fh:
+        fh.write('{"step": 3, "lo')  # a crash mid-line
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2]
+    assert records[1]["loss"] == "nan" and records[1]["lr"] == 1e-3
+
+
+def test_only_rank_zero_logs_to_console(tmp_path, capsys, root):
+    cfg = load_config("toy", config_root=root)
+    run = prepare_run_dir(tmp_path, cfg, "toy", config_root=root)
+    setup_logging(run, rank=1)
+    logging.getLogger("t").info("from rank one")
+    assert "from rank one" not in capsys.readouterr().err
+    assert "from rank one" in (tmp_path / "log.rank1.txt").read_text()
+    setup_logging(run, rank=0)
+    logging.getLogger("t").info("from rank zero")
+    assert "from rank zero" in capsys.readouterr().err
+    assert "from rank zero" in run.log.read_text()
