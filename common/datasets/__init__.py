@@ -1,0 +1,1 @@
+"""Datasets shared by every stage: Fashion-MNIST, FashionScenes, VOC, COCO, image folders, folds."""

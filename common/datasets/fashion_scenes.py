@@ -1,0 +1,298 @@
+"""FashionScenes: Fashion-MNIST items composed into colour scenes, written in the VOC layout.
+
+Layout under ``out``: ``JPEGImages/<id>.jpg``, ``SegmentationClassAug/<id>.png`` (palette),
+``ImageSets/Segmentation/{train,val}.txt`` (val = the test scenes), ``classes.txt``
+(background first) and ``meta.json`` (written last: its presence marks a complete set).
+Each scene's RNG is derived from ``(seed, split, index)``, so the bytes do not depend on the
+number of workers. Train scenes use Fashion-MNIST train items only, test scenes test items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from common.datasets.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+from common.datasets.palette import write_mask
+from common.datasets.scene_render import SceneParams, render_scene
+
+log = logging.getLogger(__name__)
+
+GENERATOR_VERSION = "fashion-scenes-v1"
+# The VOC split each Fashion-MNIST split is written as.
+SPLITS = {"train": "train", "test": "val"}
+_SPLIT_CODE = {"train": 0, "test": 1}
+_CHUNK = 200
+
+
+def scene_id(split: str, index: int) -> str:
+    """File stem of scene ``index`` of ``split`` ('train' or 'test')."""
+    return f"{split}_{index:06d}"
+
+
+def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The RNG of one scene, independent of generation order and worker count."""
+    return np.random.default_rng([seed, _SPLIT_CODE[split], index])
+
+
+def _class_pools(labels: np.ndarray) -> list[np.ndarray]:
+    return [np.flatnonzero(labels == c) for c in range(len(CLASS_NAMES))]
+
+
+def _write_chunk(task: tuple) -> list[tuple[str, list[int], list[int]]]:
+    """Render and write scenes ``start..stop`` of one split; returns (id, labels, items)."""
+    out, split, start, stop, seed, params, fmnist_root = task
+    items, labels = load_fashion_mnist(split, fmnist_root)
+    pools = _class_pools(labels)
+    records = []
+    for index in range(start, stop):
+        scene = render_scene(scene_rng(seed, split, index), items, pools, params)
+        name = scene_id(split, index)
+        # 4:4:4 chroma keeps the thin coloured item edges that 4:2:0 would smear at 64 px.
+        Image.fromarray(scene.image).save(
+            out / "JPEGImages" / f"{name}.jpg", quality=95, subsampling=0
+        )
+        write_mask(out / "SegmentationClassAug" / f"{name}.png", scene.mask)
+        records.append((name, scene.labels, scene.items))
+    return records
+
+
+def _tasks(out: Path, counts: dict[str, int], seed: int, params: SceneParams, root) -> list:
+    return [
+        (out, split, start, min(start + _CHUNK, n), seed, params, root)
+        for split, n in counts.items()
+        for start in range(0, n, _CHUNK)
+    ]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def generate_fashion_scenes(
+    out: str | Path,
+    size: int = 64,
+    n_train: int = 8000,
+    n_test: int = 2000,
+    seed: int = 0,
+    workers: int = 2,
+    fashion_mnist_root: str | Path | None = None,
+    progress: bool = True,
+    **scene_kwargs,
+) -> Path:
+    """Write a FashionScenes set to ``out`` and return it; ``scene_kwargs`` go to SceneParams."""
+    params = SceneParams(size=size, **scene_kwargs)
+    params.validate()
+    if n_train < 0 or n_test < 0 or n_train + n_test == 0:
+        raise ValueError(f"need n_train, n_test >= 0 and some scenes, got {n_train}, {n_test}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    out = Path(out)
+    (out / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    (out / "SegmentationClassAug").mkdir(exist_ok=True)
+    (out / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)
+    counts = {"train": n_train, "test": n_test}
+    # Load in the parent so forked workers share the arrays instead of re-reading them.
+    for split in counts:
+        load_fashion_mnist(split, fashion_mnist_root)
+    tasks = _tasks(out, counts, seed, params, fashion_mnist_root)
+    start = time.perf_counter()
+    records: list = []
+    bar = tqdm(total=n_train + n_test, desc="FashionScenes", unit="scene", disable=not progress)
+    if workers == 1:
+        results: Iterator = map(_write_chunk, tasks)
+        for chunk in results:
+            records.extend(chunk)
+            bar.update(len(chunk))
+    else:
+        method = "fork" if "fork" in mp.get_all_start_methods() else None
+        with mp.get_context(method).Pool(workers) as pool:
+            for chunk in pool.imap_unordered(_write_chunk, tasks):
+                records.extend(chunk)
+                bar.update(len(chunk))
+    bar.close()
+    records.sort(key=lambda record: record[0])
+    for split, voc_split in SPLITS.items():
+        ids = [name for name, _, _ in records if name.startswith(f"{split}_")]
+        _atomic_write_text(
+            out / "ImageSets" / "Segmentation" / f"{voc_split}.txt", "".join(f"{i}\n" for i in ids)
+        )
+    _atomic_write_text(out / "classes.txt", "".join(f"{n}\n" for n in ("background", *CLASS_NAMES)))
+    meta = {
+        "generator": GENERATOR_VERSION,
+        "seed": seed,
+        "params": params.to_json(),
+        "counts": counts,
+        "splits": SPLITS,
+        "num_classes": len(CLASS_NAMES) + 1,
+        "labels": {name: labels for name, labels, _ in records},
+        # Fashion-MNIST indices (within the scene's own split) of the items drawn.
+        "items": {name: items for name, _, items in records},
+    }
+    _atomic_write_text(out / "meta.json", json.dumps(meta, separators=(",", ":")))
+    log.info(
+        "wrote %d FashionScenes to %s in %.1f s (%d workers)",
+        len(records),
+        out,
+        time.perf_counter() - start,
+        workers,
+    )
+    return out
+
+
+def _expected_signature(seed: int, params: SceneParams, counts: dict[str, int]) -> dict:
+    return {
+        "generator": GENERATOR_VERSION,
+        "seed": seed,
+        "params": params.to_json(),
+        "counts": counts,
+    }
+
+
+@contextmanager
+def _lock(root: Path) -> Iterator[None]:
+    """Serialise generation across processes (pytest-xdist, several ranks on one node)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_fashion_scenes(
+    root: str | Path,
+    size: int = 64,
+    n_train: int = 8000,
+    n_test: int = 2000,
+    seed: int = 0,
+    workers: int = 2,
+    **kwargs,
+) -> Path:
+    """Return ``root`` holding FashionScenes with these parameters, generating it if missing.
+
+    An existing set made with other parameters or generator version is an error (never
+    silently reused or overwritten).
+    """
+    root = Path(root)
+    params = SceneParams(
+        size=size, **{k: v for k, v in kwargs.items() if k in SceneParams.__dataclass_fields__}
+    )
+    wanted = _expected_signature(seed, params, {"train": n_train, "test": n_test})
+    with _lock(root):
+        meta_path = root / "meta.json"
+        if not meta_path.is_file():
+            log.info("FashionScenes not found at %s (no meta.json): generating it now", root)
+            generate_fashion_scenes(
+                root,
+                size=size,
+                n_train=n_train,
+                n_test=n_test,
+                seed=seed,
+                workers=workers,
+                **kwargs,
+            )
+            return root
+        meta = json.loads(meta_path.read_text())
+    found = {key: meta.get(key) for key in wanted}
+    if found != wanted:
+        diff = {k: (found[k], wanted[k]) for k in wanted if found[k] != wanted[k]}
+        raise ValueError(
+            f"{root} holds a FashionScenes set made with different settings "
+            f"(found vs wanted: {diff}); delete the folder to regenerate it, or pass the "
+            "settings it was made with, or point data.root to another folder"
+        )
+    return root
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = SceneParams()
+    parser = argparse.ArgumentParser(
+        prog="python -m common.datasets.fashion_scenes",
+        description=(
+            "Generate FashionScenes: Fashion-MNIST items (0-3 per scene, random scale, "
+            "position, tint, occlusion) on textured colour backgrounds, with exact per-pixel "
+            "masks, written in the Pascal VOC layout that the VOC / Pascal-5i loaders read. "
+            "Same seed and settings give the same bytes, whatever the number of workers."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output folder (VOC layout)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=64,
+        help="scene side in pixels; 64 keeps tiny ViTs (patch 8 -> 8x8 tokens) fast on CPU",
+    )
+    parser.add_argument(
+        "--train",
+        type=int,
+        default=8000,
+        help="train scenes (from Fashion-MNIST train items); listed in train.txt",
+    )
+    parser.add_argument(
+        "--test",
+        type=int,
+        default=2000,
+        help="test scenes (from Fashion-MNIST test items); listed in val.txt",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="change it for another, disjoint draw")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="processes; does not change the output, only the speed",
+    )
+    parser.add_argument(
+        "--min-visible-frac",
+        type=float,
+        default=defaults.min_visible_frac,
+        help="share of scene pixels a class needs to count as present; "
+        "classes below it are marked 255 (ignore)",
+    )
+    parser.add_argument(
+        "--fashion-mnist-root",
+        type=Path,
+        default=None,
+        help="folder of the Fashion-MNIST IDX files (default: $FASHION_MNIST_ROOT, then "
+        "/usr/share/datasets/fashion-mnist)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    generate_fashion_scenes(
+        args.out,
+        size=args.size,
+        n_train=args.train,
+        n_test=args.test,
+        seed=args.seed,
+        workers=args.workers,
+        fashion_mnist_root=args.fashion_mnist_root,
+        min_visible_frac=args.min_visible_frac,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

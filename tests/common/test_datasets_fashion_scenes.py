@@ -1,0 +1,108 @@
+"""FashionScenes generator: determinism, masks agree with labels, train/test separation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.datasets.fashion_mnist import load_fashion_mnist
+from common.datasets.fashion_scenes import ensure_fashion_scenes, generate_fashion_scenes, main
+from common.datasets.palette import IGNORE_INDEX, read_mask
+from common.datasets.scene_render import SceneParams
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_same_seed_same_bytes_whatever_the_workers(tmp_path: Path) -> None:
+    kw = {"n_train": 30, "n_test": 10, "progress": False}
+    one = _digest(generate_fashion_scenes(tmp_path / "a", seed=3, workers=1, **kw))
+    two = _digest(generate_fashion_scenes(tmp_path / "b", seed=3, workers=2, **kw))
+    other = _digest(generate_fashion_scenes(tmp_path / "c", seed=4, workers=1, **kw))
+    assert len(one) == 2 * 40 + 4
+    assert one == two
+    images = [k for k in one if k.startswith("JPEGImages")]
+    assert sum(one[k] != other[k] for k in images) == len(images)
+
+
+def test_masks_agree_with_labels(fashion_scenes_root: Path) -> None:
+    meta = json.loads((fashion_scenes_root / "meta.json").read_text())
+    min_visible = SceneParams(
+        **{**meta["params"], "count_probs": tuple(meta["params"]["count_probs"])}
+    ).min_visible
+    assert len(meta["labels"]) == 180
+    for name, labels in meta["labels"].items():
+        mask = read_mask(fashion_scenes_root / "SegmentationClassAug" / f"{name}.png")
+        assert mask.shape == (64, 64)
+        values = set(np.unique(mask).tolist()) - {0, IGNORE_INDEX}
+        assert sorted(values) == labels, name
+        for cls in labels:
+            assert (mask == cls).sum() >= min_visible
+
+
+def test_scene_mix_has_empty_single_and_multi_item_scenes(fashion_scenes_root: Path) -> None:
+    meta = json.loads((fashion_scenes_root / "meta.json").read_text())
+    counts = np.bincount([len(v) for v in meta["labels"].values()], minlength=4)
+    assert counts[0] >= 1
+    assert 0.15 <= counts[1] / counts.sum() <= 0.45
+    assert counts[2] + counts[3] > counts[1]
+    seen = {c for labels in meta["labels"].values() for c in labels}
+    assert seen == set(range(1, 11))
+
+
+def test_train_scenes_use_train_items_and_test_scenes_test_items(
+    fashion_scenes_root: Path,
+) -> None:
+    meta = json.loads((fashion_scenes_root / "meta.json").read_text())
+    _, train_labels = load_fashion_mnist("train")
+    _, test_labels = load_fashion_mnist("test")
+    for name, items in meta["items"].items():
+        split_labels = train_labels if name.startswith("train_") else test_labels
+        # Every drawn item's class is among the scene's classes or was hidden (ignored).
+        classes = {int(split_labels[i]) + 1 for i in items}
+        assert set(meta["labels"][name]) <= classes
+    train_list = (fashion_scenes_root / "ImageSets/Segmentation/train.txt").read_text().split()
+    val_list = (fashion_scenes_root / "ImageSets/Segmentation/val.txt").read_text().split()
+    assert all(i.startswith("train_") for i in train_list) and len(train_list) == 120
+    assert all(i.startswith("test_") for i in val_list) and len(val_list) == 60
+
+
+def test_ensure_generates_once_then_checks_settings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "fs"
+    with caplog.at_level(logging.INFO):
+        ensure_fashion_scenes(root, n_train=12, n_test=4, workers=1, progress=False)
+    assert "generating" in caplog.text
+    stamp = (root / "meta.json").stat().st_mtime_ns
+    assert ensure_fashion_scenes(root, n_train=12, n_test=4) == root
+    assert (root / "meta.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="different settings.*delete the folder"):
+        ensure_fashion_scenes(root, n_train=12, n_test=4, seed=1)
+
+
+def test_cli_writes_the_set(tmp_path: Path) -> None:
+    assert (
+        main(["--out", str(tmp_path / "cli"), "--train", "6", "--test", "3", "--workers", "1"]) == 0
+    )
+    meta = json.loads((tmp_path / "cli" / "meta.json").read_text())
+    assert meta["counts"] == {"train": 6, "test": 3}
+    classes = (tmp_path / "cli" / "classes.txt").read_text().splitlines()
+    assert classes[0] == "background" and len(classes) == 11
+
+
+def test_bad_settings_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="scale_min"):
+        generate_fashion_scenes(tmp_path, n_train=2, n_test=0, scale_min=0.9, scale_max=0.5)
+    with pytest.raises(ValueError, match="workers"):
+        generate_fashion_scenes(tmp_path, n_train=2, n_test=0, workers=0)
