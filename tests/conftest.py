@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from common.datasets.fashion_scenes import generate_fashion_scenes
+from tests.fixtures.coco import build_coco
+from tests.fixtures.voc import build_voc
 
 # Small enough to generate in well under a second, big enough that every class appears in
 # both splits and 2-fold episodes can be sampled.
@@ -18,3 +20,15 @@ def fashion_scenes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny FashionScenes set (64 px, 120 train / 60 val scenes) in the VOC layout."""
     out = tmp_path_factory.mktemp("fashion_scenes")
     return generate_fashion_scenes(out, workers=1, progress=False, **TINY_SCENES)
+
+
+@pytest.fixture(scope="session")
+def voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Pascal VOC 2012 tree (5 images); the folder that contains ``VOC2012/``."""
+    return build_voc(tmp_path_factory.mktemp("voc"))
+
+
+@pytest.fixture(scope="session")
+def coco_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny COCO 2014 tree (3 train + 3 val images, polygon / RLE / crowd annotations)."""
+    return build_coco(tmp_path_factory.mktemp("coco"))

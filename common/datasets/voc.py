@@ -14,12 +14,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from common.datasets.errors import CorruptDataError, DatasetNotFoundError
-from common.datasets.palette import IGNORE_INDEX, read_mask
+from common.datasets.items import as_hw, labels_of_mask, load_rgb, segmentation_item
+from common.datasets.palette import read_mask
 
 VOC_CLASS_NAMES: tuple[str, ...] = (
     "background",
@@ -87,38 +86,6 @@ def read_class_names(voc_root: Path) -> list[str]:
     return list(VOC_CLASS_NAMES)
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Open an image as RGB; a missing or undecodable file is an error naming the path."""
-    if not path.is_file():
-        raise DatasetNotFoundError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError) as err:
-        raise CorruptDataError(f"cannot decode image {path}: {err}; replace or remove it") from err
-
-
-def image_to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> float tensor [3, H, W] in [0, 1]."""
-    array = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
-
-
-def labels_of_mask(mask: np.ndarray) -> list[int]:
-    """Sorted class ids present in a mask, without background (0) and ignore (255)."""
-    return [int(v) for v in np.unique(mask) if v not in (0, IGNORE_INDEX)]
-
-
-def _as_hw(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
-    if image_size is None:
-        return None
-    if isinstance(image_size, int):
-        return (image_size, image_size)
-    if len(image_size) != 2:
-        raise ValueError(f"image_size must be an int or (height, width), got {image_size!r}")
-    return (int(image_size[0]), int(image_size[1]))
-
-
 class VOCSegmentation(Dataset):
     """Images, class-index masks and image-level labels of one split of a VOC-layout folder.
 
@@ -142,7 +109,7 @@ class VOCSegmentation(Dataset):
         self.ids = read_split_ids(self.root, split)
         self.class_names = read_class_names(self.root)
         self.num_classes = len(self.class_names)
-        self.image_size = _as_hw(image_size)
+        self.image_size = as_hw(image_size)
         self.transform = transform
         self.image_dir = self.root / "JPEGImages"
         if not self.image_dir.is_dir():
@@ -213,23 +180,12 @@ class VOCSegmentation(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image_path = self.image_path(index)
-        image = load_rgb(image_path)
-        mask = self.read_mask(index)
-        if mask.shape != (image.height, image.width):
-            raise CorruptDataError(
-                f"mask {self.mask_path(index)} is {mask.shape[1]}x{mask.shape[0]} but image "
-                f"{image_path} is {image.width}x{image.height}; masks must match their image "
-                "(regenerate the mask at the image's size)"
-            )
-        if self.image_size is not None:
-            height, width = self.image_size
-            image = image.resize((width, height), Image.BILINEAR)
-            mask_image = Image.fromarray(mask).resize((width, height), Image.NEAREST)
-            mask = np.asarray(mask_image, dtype=np.uint8)
-        item = {
-            "image": image_to_tensor(image),
-            "mask": torch.from_numpy(mask.astype(np.int64)),
-            "labels": labels_of_mask(mask),
-            "id": self.ids[index],
-        }
+        item = segmentation_item(
+            load_rgb(image_path),
+            self.read_mask(index),
+            self.ids[index],
+            self.image_size,
+            image_path,
+            str(self.mask_path(index)),
+        )
         return self.transform(item) if self.transform is not None else item

@@ -68,3 +68,17 @@ def test_accepts_parent_with_voc2012(fashion_scenes_root: Path, tmp_path: Path) 
     (tmp_path / "VOC2012").symlink_to(fashion_scenes_root, target_is_directory=True)
     assert len(VOCSegmentation(tmp_path, "val")) == 60
     assert read_mask(VOCSegmentation(tmp_path, "val").mask_path(0)).dtype == np.uint8
+
+
+def test_pascal_voc_tree(voc_root: Path) -> None:
+    data = VOCSegmentation(voc_root, "val")
+    assert data.root == voc_root / "VOC2012"
+    assert data.num_classes == 21 and data.class_names[15] == "person"
+    assert data.ids == ["2007_000039", "2010_000001"]
+    item = data[0]
+    assert item["image"].shape == (3, 36, 28)
+    assert item["labels"] == [12, 15] == data.image_labels(0)
+    assert (item["mask"] == 255).any()  # VOC's ignore borders survive
+    aug = VOCSegmentation(voc_root, "trainaug", image_size=20)
+    assert len(aug) == 4 and aug[2]["labels"] == []
+    assert aug[3]["mask"].shape == (20, 20) and aug[3]["labels"] == [7, 15]

@@ -1,0 +1,85 @@
+"""Unlabeled image folders (ImageNet-style trees or a folder of your own images)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from common.datasets.errors import CorruptDataError, DatasetNotFoundError
+from common.datasets.items import load_rgb
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Image files under ``root`` (recursive, by extension, case-insensitive), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"image folder {root} does not exist or is not a folder")
+    files = sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    if not files:
+        raise DatasetNotFoundError(
+            f"no images under {root} (looked recursively for {', '.join(IMAGE_EXTENSIONS)}); "
+            "point data.root at a folder that holds images"
+        )
+    return files
+
+
+class ImageFolder(Dataset):
+    """Every image under ``root``; items are ``{"image": transform(PIL RGB), "path": str}``.
+
+    A corrupt or unreadable image is never silent: ``on_error='raise'`` raises
+    CorruptDataError naming it; ``'skip'`` logs a warning with its path, counts it in
+    ``.skipped`` and returns the next readable image instead.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        transform: Callable[[Image.Image], Any] | None = None,
+        on_error: str = "skip",
+    ) -> None:
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        self.root = Path(root)
+        self.paths = list_images(self.root)
+        self.transform = transform
+        self.on_error = on_error
+        self.skipped: list[Path] = []
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        # Try at most every image once, so a folder of only bad files fails instead of looping.
+        for offset in range(len(self.paths)):
+            path = self.paths[(index + offset) % len(self.paths)]
+            try:
+                image = load_rgb(path)
+            except (CorruptDataError, DatasetNotFoundError):
+                if self.on_error == "raise":
+                    raise
+                if path not in self.skipped:
+                    self.skipped.append(path)
+                log.warning(
+                    "skipping unreadable image %s (%d skipped so far in this process)",
+                    path,
+                    len(self.skipped),
+                )
+                continue
+            return {
+                "image": self.transform(image) if self.transform is not None else image,
+                "path": str(path),
+            }
+        raise CorruptDataError(
+            f"none of the {len(self.paths)} images under {self.root} can be read"
+        )
