@@ -48,6 +48,20 @@ def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, _SPLIT_CODE[split], index])
 
 
+def scene_params(size: int, settings: dict) -> SceneParams:
+    """Validated SceneParams; an unknown setting is an error listing the valid ones."""
+    unknown = sorted(set(settings) - set(SceneParams.__dataclass_fields__))
+    if unknown:
+        raise ValueError(
+            f"unknown FashionScenes setting(s) {unknown}; valid ones: "
+            f"{sorted(SceneParams.__dataclass_fields__)} plus n_train, n_test, seed, "
+            "workers, fashion_mnist_root, progress"
+        )
+    params = SceneParams(size=size, **settings)
+    params.validate()
+    return params
+
+
 def _class_pools(labels: np.ndarray) -> list[np.ndarray]:
     return [np.flatnonzero(labels == c) for c in range(len(CLASS_NAMES))]
 
@@ -96,8 +110,7 @@ def generate_fashion_scenes(
     **scene_kwargs,
 ) -> Path:
     """Write a FashionScenes set to ``out`` and return it; ``scene_kwargs`` go to SceneParams."""
-    params = SceneParams(size=size, **scene_kwargs)
-    params.validate()
+    params = scene_params(size, scene_kwargs)
     if n_train < 0 or n_test < 0 or n_train + n_test == 0:
         raise ValueError(f"need n_train, n_test >= 0 and some scenes, got {n_train}, {n_test}")
     if workers < 1:
@@ -192,9 +205,8 @@ def ensure_fashion_scenes(
     silently reused or overwritten).
     """
     root = Path(root)
-    params = SceneParams(
-        size=size, **{k: v for k, v in kwargs.items() if k in SceneParams.__dataclass_fields__}
-    )
+    run_only = {"fashion_mnist_root", "progress"}  # change how, not what, is generated
+    params = scene_params(size, {k: v for k, v in kwargs.items() if k not in run_only})
     wanted = _expected_signature(seed, params, {"train": n_train, "test": n_test})
     with _lock(root):
         meta_path = root / "meta.json"

@@ -106,3 +106,9 @@ def test_bad_settings_are_rejected(tmp_path: Path) -> None:
         generate_fashion_scenes(tmp_path, n_train=2, n_test=0, scale_min=0.9, scale_max=0.5)
     with pytest.raises(ValueError, match="workers"):
         generate_fashion_scenes(tmp_path, n_train=2, n_test=0, workers=0)
+
+
+def test_unknown_setting_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown FashionScenes setting\(s\) \['scale'\]"):
+        ensure_fashion_scenes(tmp_path / "x", n_train=2, n_test=0, scale=0.5)
+    assert not (tmp_path / "x" / "meta.json").exists()
