@@ -34,7 +34,7 @@ def list_images(root: str | Path) -> list[Path]:
     return files
 
 
-class ImageFolder(Dataset):
+class ImageFolderUnlabeled(Dataset):
     """Every image under ``root``; items are ``{"image": transform(PIL RGB), "path": str}``.
 
     A corrupt or unreadable image is never silent: ``on_error='raise'`` raises

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from common.datasets.errors import CorruptDataError, DatasetNotFoundError
-from common.datasets.folder import ImageFolder
+from common.datasets.folder import ImageFolderUnlabeled
 
 
 def _tree(root: Path) -> Path:
@@ -23,7 +23,7 @@ def _tree(root: Path) -> Path:
 
 
 def test_lists_images_recursively_sorted(tmp_path: Path) -> None:
-    data = ImageFolder(_tree(tmp_path), on_error="raise")
+    data = ImageFolderUnlabeled(_tree(tmp_path), on_error="raise")
     names = [p.relative_to(tmp_path).as_posix() for p in data.paths]
     assert names == ["a/deep/y.PNG", "a/x.jpg", "b.jpeg", "b_broken.jpg", "c.jpg"]
     assert data[0]["image"].size == (8, 8)
@@ -32,7 +32,7 @@ def test_lists_images_recursively_sorted(tmp_path: Path) -> None:
 def test_corrupt_image_is_skipped_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    data = ImageFolder(_tree(tmp_path), transform=np.asarray, on_error="skip")
+    data = ImageFolderUnlabeled(_tree(tmp_path), transform=np.asarray, on_error="skip")
     with caplog.at_level(logging.WARNING):
         items = [data[i] for i in range(len(data))]
     assert "b_broken.jpg" in caplog.text
@@ -42,7 +42,7 @@ def test_corrupt_image_is_skipped_with_a_warning(
 
 
 def test_corrupt_image_raises_naming_it(tmp_path: Path) -> None:
-    data = ImageFolder(_tree(tmp_path), on_error="raise")
+    data = ImageFolderUnlabeled(_tree(tmp_path), on_error="raise")
     with pytest.raises(CorruptDataError, match="b_broken.jpg"):
         data[3]
 
@@ -50,8 +50,8 @@ def test_corrupt_image_raises_naming_it(tmp_path: Path) -> None:
 def test_empty_or_missing_folder_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "only.txt").write_text("x")
     with pytest.raises(DatasetNotFoundError, match="no images under"):
-        ImageFolder(tmp_path)
+        ImageFolderUnlabeled(tmp_path)
     with pytest.raises(DatasetNotFoundError, match="does not exist"):
-        ImageFolder(tmp_path / "missing")
+        ImageFolderUnlabeled(tmp_path / "missing")
     with pytest.raises(ValueError, match="on_error"):
-        ImageFolder(tmp_path, on_error="ignore")
+        ImageFolderUnlabeled(tmp_path, on_error="ignore")
