@@ -75,3 +75,16 @@ def segmentation_item(
         "labels": labels_of_mask(mask),
         "id": name,
     }
+
+
+def collate_segmentation(batch: list[dict]) -> dict:
+    """DataLoader collate: stacks ``image`` and ``mask``, keeps ``labels`` and ``id`` as lists.
+
+    torch's default collate fails on ``labels`` (lists of different lengths per image).
+    """
+    return {
+        "image": torch.stack([item["image"] for item in batch]),
+        "mask": torch.stack([item["mask"] for item in batch]),
+        "labels": [item["labels"] for item in batch],
+        "id": [item["id"] for item in batch],
+    }

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from common.datasets.errors import CorruptDataError, DatasetNotFoundError
+from common.datasets.items import collate_segmentation
 from common.datasets.palette import read_mask, write_mask
 from common.datasets.voc import VOCSegmentation
 
@@ -82,3 +84,12 @@ def test_pascal_voc_tree(voc_root: Path) -> None:
     aug = VOCSegmentation(voc_root, "trainaug", image_size=20)
     assert len(aug) == 4 and aug[2]["labels"] == []
     assert aug[3]["mask"].shape == (20, 20) and aug[3]["labels"] == [7, 15]
+
+
+def test_dataloader_batches_with_collate(fashion_scenes_root: Path) -> None:
+    data = VOCSegmentation(fashion_scenes_root, "train", image_size=32)
+    loader = DataLoader(data, batch_size=8, collate_fn=collate_segmentation)
+    batch = next(iter(loader))
+    assert batch["image"].shape == (8, 3, 32, 32) and batch["mask"].shape == (8, 32, 32)
+    assert batch["labels"] == [data.image_labels(i) for i in range(8)]
+    assert batch["id"][7] == "train_000007"
