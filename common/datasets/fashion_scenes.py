@@ -15,10 +15,11 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,16 @@ GENERATOR_VERSION = "fashion-scenes-v1"
 SPLITS = {"train": "train", "test": "val"}
 _SPLIT_CODE = {"train": 0, "test": 1}
 _CHUNK = 200
+# Everything the generator writes under its output folder (and may therefore replace).
+_OUTPUT_NAMES = {
+    "JPEGImages",
+    "SegmentationClassAug",
+    "ImageSets",
+    "classes.txt",
+    "meta.json",
+    "classes.txt.tmp",
+    "meta.json.tmp",
+}
 
 
 def scene_id(split: str, index: int) -> str:
@@ -92,6 +103,30 @@ def _tasks(out: Path, counts: dict[str, int], seed: int, params: SceneParams, ro
     ]
 
 
+def _prepare_output(out: Path) -> Path:
+    """Empty ``out`` of an earlier (possibly partial) set; refuse a folder holding other files."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"FashionScenes output {out} exists and is not a folder; pick another")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in _OUTPUT_NAMES)
+        if foreign:
+            raise ValueError(
+                f"FashionScenes output {out} holds files it did not write ({foreign[:5]}); "
+                "pick an empty or new folder so nothing of yours is overwritten"
+            )
+        # Stale scenes from a larger earlier set must not linger next to the new ones.
+        for name in ("meta.json", "JPEGImages", "SegmentationClassAug", "ImageSets"):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+    (out / "JPEGImages").mkdir(parents=True)
+    (out / "SegmentationClassAug").mkdir()
+    (out / "ImageSets" / "Segmentation").mkdir(parents=True)
+    return out
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
@@ -115,11 +150,7 @@ def generate_fashion_scenes(
         raise ValueError(f"need n_train, n_test >= 0 and some scenes, got {n_train}, {n_test}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    out = Path(out)
-    (out / "JPEGImages").mkdir(parents=True, exist_ok=True)
-    (out / "SegmentationClassAug").mkdir(exist_ok=True)
-    (out / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
-    (out / "meta.json").unlink(missing_ok=True)
+    out = _prepare_output(Path(out))
     counts = {"train": n_train, "test": n_test}
     # Load in the parent so forked workers share the arrays instead of re-reading them.
     for split in counts:
@@ -128,17 +159,14 @@ def generate_fashion_scenes(
     start = time.perf_counter()
     records: list = []
     bar = tqdm(total=n_train + n_test, desc="FashionScenes", unit="scene", disable=not progress)
-    if workers == 1:
-        results: Iterator = map(_write_chunk, tasks)
-        for chunk in results:
+    method = "fork" if "fork" in mp.get_all_start_methods() else None
+    with mp.get_context(method).Pool(workers) if workers > 1 else nullcontext() as pool:
+        chunks = (
+            map(_write_chunk, tasks) if pool is None else pool.imap_unordered(_write_chunk, tasks)
+        )
+        for chunk in chunks:
             records.extend(chunk)
             bar.update(len(chunk))
-    else:
-        method = "fork" if "fork" in mp.get_all_start_methods() else None
-        with mp.get_context(method).Pool(workers) as pool:
-            for chunk in pool.imap_unordered(_write_chunk, tasks):
-                records.extend(chunk)
-                bar.update(len(chunk))
     bar.close()
     records.sort(key=lambda record: record[0])
     for split, voc_split in SPLITS.items():

@@ -112,3 +112,15 @@ def test_unknown_setting_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"unknown FashionScenes setting\(s\) \['scale'\]"):
         ensure_fashion_scenes(tmp_path / "x", n_train=2, n_test=0, scale=0.5)
     assert not (tmp_path / "x" / "meta.json").exists()
+
+
+def test_regenerating_replaces_the_old_set_but_never_foreign_files(tmp_path: Path) -> None:
+    root = tmp_path / "fs"
+    generate_fashion_scenes(root, n_train=5, n_test=2, workers=1, progress=False)
+    generate_fashion_scenes(root, n_train=3, n_test=1, workers=1, progress=False)
+    assert len(list((root / "JPEGImages").iterdir())) == 4
+    assert len(list((root / "SegmentationClassAug").iterdir())) == 4
+    (root / "holiday.jpg").write_bytes(b"mine")
+    with pytest.raises(ValueError, match=r"holds files it did not write \(\['holiday.jpg'\]\)"):
+        generate_fashion_scenes(root, n_train=3, n_test=1, workers=1, progress=False)
+    assert (root / "meta.json").is_file()
