@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from common.datasets.fashion_scenes import generate_fashion_scenes
-from tests.fixtures.coco import build_coco
 from tests.fixtures.voc import build_voc
 
 # Small enough to generate in well under a second, big enough that every class appears in
@@ -31,4 +30,8 @@ def voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def coco_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny COCO 2014 tree (3 train + 3 val images, polygon / RLE / crowd annotations)."""
+    # pycocotools is an optional extra (`.[coco]`): without it only the COCO tests skip.
+    pytest.importorskip("pycocotools")
+    from tests.fixtures.coco import build_coco
+
     return build_coco(tmp_path_factory.mktemp("coco"))
