@@ -1,0 +1,135 @@
+"""Quality of pretrained features on FashionScenes single-object scenes, against baselines.
+
+For each exported backbone (a pretraining run directory or export folder) and two baselines
+measured in the same process (raw pixels at the model's input size; a randomly initialised
+ViT with the same kwargs), reports logistic-regression and 1-NN accuracy with 1/2/5
+labelled train scenes per class (mean ± std over seeds), and 20-NN accuracy with every
+single-object train scene as the bank. Queries: every single-object val (test) scene.
+
+    python benchmarks/bench_pretrain_quality.py --data data/fashion_scenes \\
+        --runs runs/pt_dino runs/pt_maskcluster --seeds 5 --out /tmp/quality.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.backbone import build_backbone, load_backbone
+from pretrain.probe import extract_features, knn_predict, lowshot_accuracy, single_object_images
+
+log = logging.getLogger("bench_pretrain_quality")
+SHOTS = (1, 2, 5)
+
+
+def pixel_features(images: torch.Tensor, size: int) -> np.ndarray:
+    x = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True).flatten(1)
+    x = x - x.mean(dim=1, keepdim=True)
+    return F.normalize(x, dim=-1).numpy()
+
+
+def evaluate(name, train_f, train_y, test_f, test_y, seeds: int) -> dict:
+    row: dict = {"name": name}
+    for shots in SHOTS:
+        res = [lowshot_accuracy(train_f, train_y, test_f, test_y, shots, s) for s in range(seeds)]
+        for key in ("logreg", "knn"):
+            vals = np.array([r[key] for r in res]) * 100
+            row[f"{key}_{shots}"] = (float(vals.mean()), float(vals.std()))
+    full = knn_predict(train_f, train_y, test_f, k=20, temperature=0.07)
+    row["knn20_all"] = float((full == test_y).mean() * 100)
+    return row
+
+
+def run_name(path: Path) -> str:
+    summary = path / "summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        return f"{path.name} ({s['train_seconds'] / 60:.1f} min, {s['steps']} steps)"
+    return path.name
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="data/fashion_scenes", help="FashionScenes root")
+    parser.add_argument("--runs", nargs="+", required=True, help="run dirs or export folders")
+    parser.add_argument("--seeds", type=int, default=5, help="seeded low-shot splits per setting")
+    parser.add_argument("--pooling", default="cls", choices=["cls", "avg", "cls_avg"])
+    parser.add_argument("--out", default=None, help="also write the markdown table here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.manual_seed(0)
+
+    train_x, train_y = single_object_images(args.data, "train")
+    test_x, test_y = single_object_images(args.data, "val")
+    log.info("%d labelled train / %d test single-object scenes", len(train_y), len(test_y))
+    rows = []
+    first, info = load_backbone(args.runs[0])
+    size = int(info["timm_kwargs"]["img_size"])
+    rows.append(
+        evaluate(
+            f"raw pixels ({size}px)",
+            pixel_features(train_x, size),
+            train_y,
+            pixel_features(test_x, size),
+            test_y,
+            args.seeds,
+        )
+    )
+    random_vit = build_backbone(info["timm_kwargs"]).eval()
+    rows.append(
+        evaluate(
+            "random-init ViT (same kwargs as the first run)",
+            extract_features(random_vit, train_x, size, args.pooling),
+            train_y,
+            extract_features(random_vit, test_x, size, args.pooling),
+            test_y,
+            args.seeds,
+        )
+    )
+    for run in args.runs:
+        model, info = load_backbone(run)
+        size = int(info["timm_kwargs"]["img_size"])
+        rows.append(
+            evaluate(
+                run_name(Path(run)),
+                extract_features(model, train_x, size, args.pooling),
+                train_y,
+                extract_features(model, test_x, size, args.pooling),
+                test_y,
+                args.seeds,
+            )
+        )
+    table = markdown(rows, args.seeds, len(train_y), len(test_y), args.pooling)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table)
+    return rows
+
+
+def markdown(rows: list[dict], seeds: int, n_train: int, n_test: int, pooling: str) -> str:
+    head = ["features"] + [f"logreg {s}-shot" for s in SHOTS] + [f"1-NN {s}-shot" for s in SHOTS]
+    head.append("20-NN all labels")
+    lines = [
+        f"Accuracy (%) on {n_test} single-object test scenes; shots drawn from {n_train} "
+        f"single-object train scenes, mean ± std over {seeds} seeds; features: {pooling} token.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in rows:
+        cells = [r["name"]]
+        cells += [f"{r[f'logreg_{s}'][0]:.1f} ± {r[f'logreg_{s}'][1]:.1f}" for s in SHOTS]
+        cells += [f"{r[f'knn_{s}'][0]:.1f} ± {r[f'knn_{s}'][1]:.1f}" for s in SHOTS]
+        cells.append(f"{r['knn20_all']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

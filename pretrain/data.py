@@ -1,0 +1,199 @@
+"""Unlabelled image source, multi-crop dataset, resumable sampler and collate for pretraining.
+
+Determinism: the crops and masks of sample ``i`` in epoch ``e`` come from RNGs seeded with
+``(seed, e, i)``, and an epoch's order is a permutation seeded with ``(seed, e)``. A resumed
+run therefore sees the same batches as an uninterrupted one, whatever the number of
+DataLoader workers, by skipping the batches the checkpoint says were consumed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pretrain.augment import MultiCrop
+from pretrain.masking import BlockMaskGenerator, sample_masks
+
+log = logging.getLogger(__name__)
+
+
+def _is_voc_layout(root: Path) -> bool:
+    return any(
+        (folder / "ImageSets" / "Segmentation").is_dir()
+        for folder in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012")
+    )
+
+
+def load_unlabeled(data_cfg) -> Dataset:
+    """The training images: a VOC-layout split (FashionScenes, Pascal) or a plain image folder.
+
+    A missing ``data.root`` is generated as FashionScenes when ``data.generate_fashion_scenes``
+    is set (the embedded default), otherwise it is an error.
+    """
+    root = Path(data_cfg.root)
+    absent = not root.exists() or (root.is_dir() and not any(root.iterdir()))
+    if absent and not data_cfg.generate_fashion_scenes:
+        raise FileNotFoundError(
+            f"data.root {root} does not exist or is empty; point data.root at a folder of "
+            "images or a VOC-layout dataset, or set data.generate_fashion_scenes=true to "
+            "create FashionScenes there"
+        )
+    if absent:
+        from common.datasets.fashion_scenes import ensure_fashion_scenes
+
+        log.info("no dataset at %s: generating FashionScenes there (one-off, about a minute)", root)
+        ensure_fashion_scenes(root)
+    if _is_voc_layout(root):
+        from common.datasets.voc import VOCSegmentation
+
+        return VOCSegmentation(root, data_cfg.split)
+    from common.datasets.folder import ImageFolderUnlabeled
+
+    return ImageFolderUnlabeled(root, on_error=data_cfg.on_error)
+
+
+def _image_of(item) -> torch.Tensor:
+    image = item["image"] if isinstance(item, dict) else item
+    if isinstance(image, (tuple, list)):
+        image = image[0]
+    if not isinstance(image, torch.Tensor):  # a PIL image
+        image = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+    return image.float() / 255.0 if image.dtype == torch.uint8 else image
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one (epoch, sample) pair, independent of worker assignment."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class MultiCropDataset(Dataset):
+    """Wraps an image dataset; item ``(epoch, i)`` is the crops and masks of image ``i``."""
+
+    def __init__(self, base: Dataset, crops_cfg, masking_cfg, patch_size: int, seed: int) -> None:
+        if len(base) == 0:
+            raise ValueError("the pretraining dataset is empty; check data.root and data.split")
+        for size in (crops_cfg.global_size, crops_cfg.local_size):
+            if size % patch_size:
+                raise ValueError(
+                    f"crop size {size} is not divisible by the patch size {patch_size}; pick "
+                    f"crops.global_size / crops.local_size as multiples of it, e.g. "
+                    f"{size - size % patch_size or patch_size}"
+                )
+        self.base = base
+        self.crops = MultiCrop(crops_cfg)
+        grid = crops_cfg.global_size // patch_size
+        self.mask_gen = BlockMaskGenerator(
+            (grid, grid), int(masking_cfg.min_patches), float(masking_cfg.min_aspect)
+        )
+        self.mask_share = float(masking_cfg.share)
+        self.mask_ratio = tuple(float(r) for r in masking_cfg.ratio)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key
+        seed = sample_seed(self.seed, epoch, index)
+        image = _image_of(self.base[index])
+        # fork_rng: the per-sample seed must not disturb the training RNG when num_workers=0.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            globals_, locals_ = self.crops(image)
+        masks = sample_masks(
+            self.mask_gen,
+            len(globals_),
+            self.mask_share,
+            self.mask_ratio,
+            np.random.default_rng(seed),
+        )
+        return {"global_crops": globals_, "local_crops": locals_, "masks": torch.from_numpy(masks)}
+
+
+def collate_multicrop(samples: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack views: ``global_crops`` [G, B, 3, S, S], ``local_crops`` [L, B, 3, s, s], ``masks``
+    [G, B, h, w]."""
+    n_global = len(samples[0]["global_crops"])
+    n_local = len(samples[0]["local_crops"])
+    out = {
+        "global_crops": torch.stack(
+            [torch.stack([s["global_crops"][v] for s in samples]) for v in range(n_global)]
+        ),
+        "masks": torch.stack([s["masks"] for s in samples], dim=1),
+    }
+    if n_local:
+        out["local_crops"] = torch.stack(
+            [torch.stack([s["local_crops"][v] for s in samples]) for v in range(n_local)]
+        )
+    return out
+
+
+class EpochSampler(Sampler):
+    """This process's share of one epoch's seeded permutation, from batch ``start_batch`` on.
+
+    Yields ``(epoch, index)`` keys. The permutation is cut to a multiple of the global batch
+    (drop-last) and dealt round-robin to ranks, like DistributedSampler.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        epoch: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start_batch: int = 0,
+    ) -> None:
+        self.epoch = epoch
+        self.batch_size = batch_size
+        self.steps = steps_per_epoch(size, batch_size, world_size)
+        perm = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        used = perm[: self.steps * batch_size * world_size]
+        self.indices = used[rank::world_size][start_batch * batch_size :].tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter((self.epoch, i) for i in self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def steps_per_epoch(size: int, batch_size: int, world_size: int) -> int:
+    """Full global batches per epoch; an error when the data cannot fill one."""
+    steps = size // (batch_size * world_size)
+    if steps == 0:
+        raise ValueError(
+            f"{size} images cannot fill one global batch of {batch_size} x {world_size} "
+            "processes; lower train.batch_size or add images"
+        )
+    return steps
+
+
+def epoch_loader(
+    dataset: MultiCropDataset,
+    batch_size: int,
+    epoch: int,
+    seed: int,
+    num_workers: int,
+    rank: int = 0,
+    world_size: int = 1,
+    start_batch: int = 0,
+) -> DataLoader:
+    """The DataLoader for one epoch (masks are generated in its workers)."""
+    sampler = EpochSampler(len(dataset), batch_size, epoch, seed, rank, world_size, start_batch)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_multicrop,
+        drop_last=True,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )

@@ -1,0 +1,66 @@
+"""Projection heads: the DINO prototype head and the light pixel-reconstruction head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+
+class DINOHead(nn.Module):
+    """MLP -> bottleneck -> L2 normalisation -> weight-normalised prototypes (no bias).
+
+    The prototype layer's norm is fixed to 1 when ``norm_last_layer`` (DINO's default; it
+    makes the logits cosines, which stabilises training of small models).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        nlayers: int = 3,
+        norm_last_layer: bool = True,
+    ) -> None:
+        super().__init__()
+        if nlayers < 1:
+            raise ValueError(f"head nlayers must be >= 1, got {nlayers}")
+        layers: list[nn.Module] = []
+        dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
+        for i in range(nlayers):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < nlayers - 1:
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        self.apply(_init_linear)
+        self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        self.last_layer.parametrizations.weight.original0.data.fill_(1.0)
+        if norm_last_layer:
+            self.last_layer.parametrizations.weight.original0.requires_grad = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(self.mlp(x), dim=-1, eps=1e-6)
+        return self.last_layer(x)
+
+
+class PixelHead(nn.Module):
+    """Two-layer MLP from a patch token to its ``patch_size**2 * 3`` pixel values."""
+
+    def __init__(self, in_dim: int, patch_size: int, hidden_dim: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, patch_size**2 * 3)
+        )
+        self.apply(_init_linear)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _init_linear(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

@@ -1,0 +1,1 @@
+"""One module per loss term of the pretraining objective."""

@@ -1,0 +1,262 @@
+"""Student/teacher meta-architecture: multi-crop forward, the configured loss terms, EMA.
+
+The student and teacher are the same :class:`Encoder` (timm ViT backbone + heads); the
+teacher is a copy updated only by :meth:`MetaArch.update_teacher` (exponential moving
+average of the student, no gradient). Which loss terms run is pure configuration, so DINO,
+iBOT, MSN and MaskCluster are presets of one model.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from common.backbone import backbone_kwargs, build_backbone
+from pretrain.collapse import TeacherTargets, memax_term
+from pretrain.heads import DINOHead, PixelHead
+from pretrain.losses.dino import DINOLoss
+from pretrain.losses.ibot import IBOTPatchLoss
+from pretrain.losses.koleo import KoLeoLoss
+from pretrain.losses.reconstruction import PixelReconstructionLoss, patchify
+
+log = logging.getLogger(__name__)
+
+
+def backbone_kwargs_from_config(model_cfg, img_size: int) -> dict:
+    """timm kwargs of the configured backbone (``model`` section; ``img_size`` = global crop)."""
+    return backbone_kwargs(
+        model_cfg.arch,
+        img_size=img_size,
+        patch_size=int(model_cfg.patch_size),
+        num_register_tokens=int(model_cfg.num_register_tokens),
+        drop_path_rate=float(model_cfg.drop_path_rate),
+        embed_dim=model_cfg.embed_dim,
+        depth=model_cfg.depth,
+        num_heads=model_cfg.num_heads,
+    )
+
+
+def encode_tokens(
+    backbone: VisionTransformer,
+    images: torch.Tensor,
+    masks: torch.Tensor | None = None,
+    mask_token: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Final-norm tokens [B, N, C]; masked patch embeddings are replaced by ``mask_token``.
+
+    Mirrors timm's ``forward_features`` with the replacement inserted before the position
+    embedding, as in iBOT/BEiT (the mask token still gets its patch's position).
+    """
+    x = backbone.patch_embed(images)  # [B, h, w, C]: dynamic_img_size keeps the grid
+    if masks is not None:
+        x = torch.where(masks.unsqueeze(-1), mask_token.to(x.dtype), x)
+    x = backbone._pos_embed(x)
+    x = backbone.patch_drop(x)
+    x = backbone.norm_pre(x)
+    x = backbone.blocks(x)
+    return backbone.norm(x)
+
+
+class Encoder(nn.Module):
+    """Backbone plus heads; the student additionally uses the mask token and pixel head."""
+
+    def __init__(
+        self, model_cfg, heads_cfg, img_size: int, use_patch_head: bool, use_pixel_head: bool
+    ) -> None:
+        super().__init__()
+        self.kwargs = backbone_kwargs_from_config(model_cfg, img_size)
+        self.backbone = build_backbone(self.kwargs)
+        dim = self.backbone.embed_dim
+        self.patch_size = int(model_cfg.patch_size)
+        self.prefix = int(self.backbone.num_prefix_tokens)
+        cls = heads_cfg.cls
+        self.cls_head = DINOHead(
+            dim, cls.out_dim, cls.hidden_dim, cls.bottleneck_dim, cls.nlayers, cls.norm_last_layer
+        )
+        patch = heads_cfg.patch
+        self.patch_head = None
+        if use_patch_head and not patch.shared:
+            self.patch_head = DINOHead(
+                dim,
+                patch.out_dim,
+                patch.hidden_dim,
+                patch.bottleneck_dim,
+                patch.nlayers,
+                patch.norm_last_layer,
+            )
+        self.pixel_head = (
+            PixelHead(dim, self.patch_size, heads_cfg.pixel.hidden_dim) if use_pixel_head else None
+        )
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def patch_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        head = self.patch_head if self.patch_head is not None else self.cls_head
+        return head(tokens)
+
+    def forward(
+        self,
+        global_crops: torch.Tensor,
+        masks: torch.Tensor,
+        local_crops: torch.Tensor | None,
+        with_patch_logits: bool,
+    ) -> dict[str, torch.Tensor]:
+        """Student outputs for [G*B] masked global crops and [L*B] local crops.
+
+        Returns ``cls_logits`` [(G+L)*B, K] (globals first), ``cls_tokens`` of the globals,
+        and for the masked patches ``patch_logits`` and ``pixel_pred`` when those heads run.
+        """
+        g_tokens = encode_tokens(self.backbone, global_crops, masks, self.mask_token)
+        cls_tokens = [g_tokens[:, 0]]
+        if local_crops is not None:
+            cls_tokens.append(encode_tokens(self.backbone, local_crops)[:, 0])
+        out = {"cls_logits": self.cls_head(torch.cat(cls_tokens)), "cls_tokens": g_tokens[:, 0]}
+        masked = g_tokens[:, self.prefix :][masks.flatten(1)]
+        if with_patch_logits:
+            out["patch_logits"] = self.patch_logits(masked)
+        if self.pixel_head is not None:
+            out["pixel_pred"] = self.pixel_head(masked)
+        return out
+
+    @torch.no_grad()
+    def teacher_forward(
+        self, global_crops: torch.Tensor, masks: torch.Tensor, with_patch_logits: bool
+    ) -> dict[str, torch.Tensor]:
+        """Teacher logits on unmasked global crops (patch logits at the student's masked spots)."""
+        tokens = encode_tokens(self.backbone, global_crops)
+        out = {"cls_logits": self.cls_head(tokens[:, 0])}
+        if with_patch_logits:
+            out["patch_logits"] = self.patch_logits(tokens[:, self.prefix :][masks.flatten(1)])
+        return out
+
+
+class MetaArch(nn.Module):
+    """Student, EMA teacher, collapse-avoidance state and loss terms of one run."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        loss = cfg.loss
+        self.loss_cfg = loss
+        self.use_dino = loss.dino.weight > 0
+        self.use_ibot = loss.ibot.weight > 0
+        self.use_pixel = loss.pixel.weight > 0
+        self.use_koleo = loss.koleo_weight > 0
+        if not (self.use_dino or self.use_ibot or self.use_pixel):
+            raise ValueError(
+                "every loss term is off (loss.dino.weight, loss.ibot.weight and "
+                "loss.pixel.weight are all 0); enable at least one"
+            )
+        if (self.use_ibot or self.use_pixel) and cfg.masking.share <= 0:
+            raise ValueError(
+                "loss.ibot / loss.pixel train on masked patches but masking.share is "
+                f"{cfg.masking.share}; set masking.share > 0 (iBOT uses 0.5)"
+            )
+        self.student = Encoder(
+            cfg.model, cfg.heads, int(cfg.crops.global_size), self.use_ibot, self.use_pixel
+        )
+        self.teacher = copy.deepcopy(self.student)
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        self.cls_targets = TeacherTargets(
+            loss.dino.collapse, cfg.heads.cls.out_dim, loss.center_momentum, loss.sinkhorn_iters
+        )
+        patch_dim = cfg.heads.cls.out_dim if cfg.heads.patch.shared else cfg.heads.patch.out_dim
+        self.patch_targets = TeacherTargets(
+            loss.ibot.collapse, patch_dim, loss.center_momentum, loss.sinkhorn_iters
+        )
+        self.dino_loss = DINOLoss(loss.student_temp)
+        self.ibot_loss = IBOTPatchLoss(loss.student_temp)
+        self.pixel_loss = PixelReconstructionLoss(loss.pixel.norm_pix)
+        self.koleo_loss = KoLeoLoss()
+
+    def train(self, mode: bool = True) -> MetaArch:
+        super().train(mode)
+        self.teacher.eval()  # no drop-path in the teacher, whatever the student does
+        return self
+
+    def forward(
+        self, batch: dict[str, torch.Tensor], teacher_temp: float, student: nn.Module | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Total loss and per-term values for one multi-crop batch.
+
+        ``student`` is the (possibly DDP-wrapped) student to call; defaults to ``self.student``.
+        """
+        student = student if student is not None else self.student
+        globals_ = batch["global_crops"]  # [G, B, 3, S, S]
+        n_global = globals_.shape[0]
+        g_flat = globals_.flatten(0, 1)
+        masks = batch["masks"].flatten(0, 1)  # [G*B, h, w]
+        local = batch.get("local_crops")
+        l_flat = local.flatten(0, 1) if local is not None and local.shape[0] > 0 else None
+        n_views = n_global + (local.shape[0] if l_flat is not None else 0)
+
+        t_out = self.teacher.teacher_forward(g_flat, masks, self.use_ibot)
+        s_out = student(g_flat, masks, l_flat, self.use_ibot)
+        terms: dict[str, torch.Tensor] = {}
+        stats: dict[str, float] = {}
+        loss = self.loss_cfg
+
+        if self.use_dino:
+            t_probs = self.cls_targets(t_out["cls_logits"], teacher_temp)
+            s_logits = s_out["cls_logits"].chunk(n_views)
+            terms["dino"] = loss.dino.weight * self.dino_loss(
+                list(s_logits), t_probs.chunk(n_global)
+            )
+            if loss.dino.collapse == "memax":
+                s_probs = F.softmax(s_out["cls_logits"].float() / loss.student_temp, dim=-1)
+                terms["memax"] = loss.memax_weight * memax_term(s_probs)
+            stats.update(_target_stats(t_probs))
+            if loss.dino.collapse == "centering":
+                stats["center_norm"] = float(self.cls_targets.center.norm())
+
+        crop_index = torch.arange(g_flat.shape[0], device=masks.device).repeat_interleave(
+            masks.flatten(1).sum(dim=1)
+        )
+        if self.use_ibot:
+            # Called on every process even with no masked patch here: the targets all-reduce.
+            t_patch = self.patch_targets(t_out["patch_logits"], teacher_temp)
+            terms["ibot"] = loss.ibot.weight * self.ibot_loss(
+                s_out["patch_logits"], t_patch, crop_index, g_flat.shape[0]
+            )
+            if loss.ibot.collapse == "memax":
+                s_probs = F.softmax(s_out["patch_logits"].float() / loss.student_temp, dim=-1)
+                terms["memax_patch"] = loss.memax_weight * memax_term(s_probs)
+        if self.use_pixel:
+            target = patchify(g_flat, self.student.patch_size)[masks.flatten(1)]
+            terms["pixel"] = loss.pixel.weight * self.pixel_loss(
+                s_out["pixel_pred"], target, crop_index, g_flat.shape[0]
+            )
+        if self.use_koleo:
+            per_view = s_out["cls_tokens"].chunk(n_global)
+            terms["koleo"] = (
+                loss.koleo_weight * sum(self.koleo_loss(v) for v in per_view) / n_global
+            )
+
+        total = sum(terms.values())
+        stats.update({f"loss_{k}": float(v.detach()) for k, v in terms.items()})
+        stats["mask_ratio"] = float(masks.float().mean())
+        return total, stats
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """``theta_t <- m theta_t + (1 - m) theta_s`` for every parameter."""
+        s_params = list(self.student.parameters())
+        t_params = list(self.teacher.parameters())
+        torch._foreach_mul_(t_params, momentum)
+        torch._foreach_add_(t_params, [p.detach() for p in s_params], alpha=1 - momentum)
+
+
+@torch.no_grad()
+def _target_stats(probs: torch.Tensor) -> dict[str, float]:
+    """Collapse diagnostics: mean per-sample entropy and entropy of the batch mean."""
+    p = probs.float().clamp_min(1e-12)
+    mean = probs.float().mean(dim=0).clamp_min(1e-12)
+    return {
+        "teacher_entropy": float(-(p * p.log()).sum(dim=-1).mean()),
+        "teacher_batch_entropy": float(-(mean * mean.log()).sum()),
+    }

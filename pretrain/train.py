@@ -1,0 +1,334 @@
+"""The pretraining loop: AdamW with per-iteration schedules, mixed precision, DDP, NaN guard,
+metrics, periodic k-NN probe, checkpoints with exact resume, and the final export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import time
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from common import distributed as dist
+from common.backbone import export_backbone
+from common.checkpoint import (
+    CheckpointError,
+    load_state_dict_strict,
+    load_torch_file,
+    save_checkpoint,
+)
+from common.config import to_dict
+from common.preemption import Preempted, stop_requested
+from common.rundir import MetricsLogger, RunDir
+from common.runtime import resolve_device, rng_state, set_rng_state
+from pretrain.data import MultiCropDataset, epoch_loader, load_unlabeled, steps_per_epoch
+from pretrain.model import MetaArch
+from pretrain.schedules import build_schedules
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient became NaN/inf; ``last.pt`` still holds the last good state."""
+
+
+def param_groups(module: torch.nn.Module) -> list[dict]:
+    """Weight decay on weight matrices only: biases and norm scales (1-D) are not decayed."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False}]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory, or the process's peak resident set on CPU, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Trainer:
+    """Holds one run's model, optimiser and state; :meth:`fit` trains until done or stopped."""
+
+    def __init__(self, cfg, run: RunDir) -> None:
+        self.cfg = cfg
+        self.run = run
+        self.device = resolve_device(cfg.device)
+        dist.init_distributed(self.device)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        t = cfg.train
+        if t.precision not in PRECISIONS:
+            raise ValueError(
+                f"train.precision must be one of {list(PRECISIONS)}, got {t.precision!r}"
+            )
+        if t.on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {t.on_nonfinite!r}")
+        self.dataset = MultiCropDataset(
+            load_unlabeled(cfg.data),
+            cfg.crops,
+            cfg.masking,
+            int(cfg.model.patch_size),
+            int(cfg.seed),
+        )
+        self.batch_size = int(t.batch_size)
+        self.steps_per_epoch = steps_per_epoch(len(self.dataset), self.batch_size, self.world)
+        self.schedules = build_schedules(
+            t, cfg.loss, self.steps_per_epoch, self.batch_size * self.world
+        )
+        self.model = MetaArch(cfg).to(self.device)
+        self.student: torch.nn.Module = self.model.student
+        if self.world > 1:
+            self.student = DistributedDataParallel(self.model.student)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model.student))
+        self.autocast_dtype = PRECISIONS[t.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        self.last_layer_params = set(self.model.student.cls_head.last_layer.parameters())
+        if self.model.student.patch_head is not None:
+            self.last_layer_params |= set(self.model.student.patch_head.last_layer.parameters())
+        self.step = 0
+        self.skipped = 0
+        self.train_seconds = 0.0  # wall-clock spent training, summed over resumes
+        self.metrics = MetricsLogger(run.metrics, enabled=self.rank == 0)
+        self.probe = None
+        if cfg.eval.every and self.rank == 0:
+            from pretrain.probe import KNNProbe
+
+            self.probe = KNNProbe(cfg.eval, cfg.data.root, int(cfg.crops.global_size))
+
+    @property
+    def total_steps(self) -> int:
+        limit = self.cfg.train.max_steps
+        return len(self.schedules) if limit is None else min(int(limit), len(self.schedules))
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        rng = [rng_state()]
+        if dist.is_dist():
+            rng = [None] * self.world
+            torch.distributed.all_gather_object(rng, rng_state())
+        return {
+            "step": self.step,
+            "skipped": self.skipped,
+            "train_seconds": self.train_seconds + time.perf_counter() - self._start,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "world_size": self.world,
+            "config": to_dict(self.cfg),
+        }
+
+    def save(self) -> None:
+        state = self.state()  # every rank joins the RNG gather
+        if self.rank == 0:
+            save_checkpoint(
+                state, self.run.checkpoints, self.step, int(self.cfg.train.keep_checkpoints)
+            )
+        dist.barrier()
+
+    def resume(self) -> bool:
+        path = self.run.last_checkpoint
+        if not path.is_file():
+            return False
+        state = load_torch_file(path, map_location=self.device)
+        load_state_dict_strict(self.model, state["model"], f"checkpoint {path}")
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:
+            raise CheckpointError(
+                f"optimizer state in {path} does not fit this model: {exc}"
+            ) from None
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.skipped = int(state["step"]), int(state["skipped"])
+        self.train_seconds = float(state["train_seconds"])
+        if state["world_size"] == self.world:
+            set_rng_state(state["rng"][self.rank])
+        else:
+            log.warning(
+                "checkpoint was written by %d processes, resuming with %d: the data order "
+                "after this point differs from an uninterrupted run",
+                state["world_size"],
+                self.world,
+            )
+        log.info("resumed from %s at step %d", path, self.step)
+        return True
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def _set_hparams(self, values: dict[str, float]) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = values["lr"]
+            group["weight_decay"] = values["wd"] if group["apply_wd"] else 0.0
+
+    def _all_finite(self, *values: torch.Tensor) -> bool:
+        flag = torch.tensor(
+            [float(all(torch.isfinite(v).all() for v in values))], device=self.device
+        )
+        return bool(dist.all_reduce_sum(flag).item() == self.world)
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
+        """One optimisation step; returns its stats, or None when a non-finite step was skipped."""
+        values = self.schedules.at(self.step)
+        self._set_hparams(values)
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(
+            self.device.type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+        ):
+            loss, stats = self.model(batch, values["teacher_temp"], self.student)
+        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = torch.zeros((), device=self.device)
+        finite = self._all_finite(loss.detach())
+        if finite:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            params = [p for p in self.model.student.parameters() if p.grad is not None]
+            clip = float(self.cfg.train.clip_grad)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+            # With fp16 an inf gradient is routine: the grad scaler skips that step itself.
+            finite = self.scaler.is_enabled() or self._all_finite(grad_norm)
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            message = (
+                f"non-finite loss or gradient at step {self.step} (loss {float(loss):.4g}, grad "
+                f"norm {float(grad_norm):.4g})"
+            )
+            if self.cfg.train.on_nonfinite == "stop":
+                raise NonFiniteLossError(
+                    f"{message}. Training stopped; {self.run.last_checkpoint} holds the last good "
+                    "state. Lower train.lr, raise loss.warmup_teacher_temp_epochs, use "
+                    "train.precision=fp32, or set train.on_nonfinite=skip."
+                )
+            log.warning("%s: skipping the step (train.on_nonfinite=skip)", message)
+            self.skipped += 1
+            self.step += 1
+            return None
+        if self.step < int(self.cfg.train.freeze_last_layer_epochs) * self.steps_per_epoch:
+            # DINO: the prototypes stay fixed while the rest of the network settles.
+            for p in self.last_layer_params:
+                p.grad = None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.model.update_teacher(values["momentum"])
+        self.step += 1
+        return {**stats, **values, "loss": float(loss.detach()), "grad_norm": float(grad_norm)}
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def fit(self) -> dict:
+        self.resume()
+        self._start = time.perf_counter()
+        cfg, t = self.cfg, self.cfg.train
+        log.info(
+            "training %d steps (%d per epoch, global batch %d, peak lr %.3g) on %s x %d",
+            self.total_steps,
+            self.steps_per_epoch,
+            self.batch_size * self.world,
+            float(self.schedules.lr.max()),
+            self.device,
+            self.world,
+        )
+        self.model.train()
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=self.rank != 0,
+            desc="pretrain",
+            unit="step",
+        )
+        last_time, last_step = time.perf_counter(), self.step
+        stats: dict[str, float] = {}
+        while self.step < self.total_steps:
+            epoch, start_batch = divmod(self.step, self.steps_per_epoch)
+            loader = epoch_loader(
+                self.dataset,
+                self.batch_size,
+                epoch,
+                int(cfg.seed),
+                int(cfg.data.num_workers),
+                self.rank,
+                self.world,
+                start_batch,
+            )
+            for batch in loader:
+                out = self.train_step(batch)
+                stats = out or stats
+                bar.update(1)
+                if out is not None:
+                    bar.set_postfix(loss=f"{out['loss']:.3f}")
+                if self.step % int(t.log_every) == 0 or self.step == self.total_steps:
+                    now = time.perf_counter()
+                    imgs = (self.step - last_step) * self.batch_size * self.world
+                    self._log(stats, epoch, imgs / max(now - last_time, 1e-9))
+                    last_time, last_step = now, self.step
+                if self.probe is not None and self.step % int(cfg.eval.every) == 0:
+                    self.metrics.log(self.step, **self.probe(self.model.teacher.backbone))
+                if self.step % int(t.checkpoint_every) == 0 or self.step == self.total_steps:
+                    self.save()
+                if stop_requested():
+                    self.save()
+                    raise Preempted(self.step)
+                if self.step >= self.total_steps:
+                    break
+        bar.close()
+        return self.finish()
+
+    def _log(self, stats: dict[str, float], epoch: int, images_per_s: float) -> None:
+        record = {
+            **stats,
+            "epoch": epoch,
+            "images_per_s": images_per_s,
+            "peak_memory_mb": peak_memory_mb(self.device),
+            "skipped_steps": self.skipped,
+        }
+        self.metrics.log(self.step, **record)
+        if self.rank == 0:
+            terms = " ".join(f"{k}={v:.4f}" for k, v in stats.items() if k.startswith("loss"))
+            log.info(
+                "step %d/%d %s lr=%.3g teacher_entropy=%.3f %.1f img/s",
+                self.step,
+                self.total_steps,
+                terms,
+                stats.get("lr", float("nan")),
+                stats.get("teacher_entropy", float("nan")),
+                images_per_s,
+            )
+
+    def finish(self) -> dict:
+        """Export the teacher backbone and return the run summary."""
+        summary: dict = {
+            "steps": self.step,
+            "skipped_steps": self.skipped,
+            "completed": self.step >= len(self.schedules),
+            "train_seconds": self.train_seconds + time.perf_counter() - self._start,
+            "export": str(self.run.export),
+        }
+        if self.rank == 0:
+            export_backbone(
+                self.model.teacher.backbone,
+                self.model.student.kwargs,
+                self.run.export,
+                meta={"stage": "pretrain", "step": self.step, "config": to_dict(self.cfg)},
+            )
+            log.info("exported the teacher backbone to %s", self.run.export)
+            if self.probe is not None:
+                summary.update(self.probe(self.model.teacher.backbone))
+                self.metrics.log(self.step, **{k: summary[k] for k in ("knn_top1",)})
+            (self.run.root / "summary.json").write_text(json.dumps(summary, indent=2))
+        dist.barrier()
+        return summary
+
+
+def train(cfg, run: RunDir) -> dict:
+    """Train (or resume) the run in ``run`` and export the teacher; returns the summary."""
+    return Trainer(cfg, run).fit()
