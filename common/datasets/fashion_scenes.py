@@ -263,6 +263,7 @@ def ensure_fashion_scenes(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The generator's command line; help texts say why each default is what it is."""
     defaults = SceneParams()
     parser = argparse.ArgumentParser(
         prog="python -m common.datasets.fashion_scenes",
@@ -272,40 +273,57 @@ def build_parser() -> argparse.ArgumentParser:
             "masks, written in the Pascal VOC layout that the VOC / Pascal-5i loaders read. "
             "Same seed and settings give the same bytes, whatever the number of workers."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--out", required=True, type=Path, help="output folder (VOC layout)")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output folder (new, empty, or an earlier set)"
+    )
     parser.add_argument(
         "--size",
         type=int,
         default=64,
-        help="scene side in pixels; 64 keeps tiny ViTs (patch 8 -> 8x8 tokens) fast on CPU",
+        help="scene side in pixels (default 64: a patch-8 ViT sees 8x8 tokens, fast on CPU)",
     )
     parser.add_argument(
         "--train",
         type=int,
         default=8000,
-        help="train scenes (from Fashion-MNIST train items); listed in train.txt",
+        help="train scenes, from Fashion-MNIST train items, listed in train.txt (default 8000)",
     )
     parser.add_argument(
         "--test",
         type=int,
         default=2000,
-        help="test scenes (from Fashion-MNIST test items); listed in val.txt",
+        help="test scenes, from Fashion-MNIST test items, listed in val.txt (default 2000)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="change it for another, disjoint draw")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="another seed gives another draw (default 0)"
+    )
     parser.add_argument(
         "--workers",
         type=int,
         default=2,
-        help="processes; does not change the output, only the speed",
+        help="processes; changes only the speed, never the output (default 2)",
+    )
+    parser.add_argument(
+        "--scale-min",
+        type=float,
+        default=defaults.scale_min,
+        help=f"smallest item side as a share of the scene side (default {defaults.scale_min}: "
+        "about 22 px at 64 px, still recognisable)",
+    )
+    parser.add_argument(
+        "--scale-max",
+        type=float,
+        default=defaults.scale_max,
+        help=f"largest item side as a share of the scene side (default {defaults.scale_max}: "
+        "leaves room for a second item)",
     )
     parser.add_argument(
         "--min-visible-frac",
         type=float,
         default=defaults.min_visible_frac,
-        help="share of scene pixels a class needs to count as present; "
-        "classes below it are marked 255 (ignore)",
+        help="share of scene pixels a class needs to count as present; classes below it are "
+        f"marked 255 (ignore) (default {defaults.min_visible_frac}: 82 px at 64 px)",
     )
     parser.add_argument(
         "--fashion-mnist-root",
@@ -329,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         workers=args.workers,
         fashion_mnist_root=args.fashion_mnist_root,
+        scale_min=args.scale_min,
+        scale_max=args.scale_max,
         min_visible_frac=args.min_visible_frac,
     )
     return 0

@@ -92,11 +92,11 @@ def test_ensure_generates_once_then_checks_settings(
 
 
 def test_cli_writes_the_set(tmp_path: Path) -> None:
-    assert (
-        main(["--out", str(tmp_path / "cli"), "--train", "6", "--test", "3", "--workers", "1"]) == 0
-    )
+    args = ["--out", str(tmp_path / "cli"), "--train", "6", "--test", "3", "--workers", "1"]
+    assert main([*args, "--scale-min", "0.4", "--scale-max", "0.5"]) == 0
     meta = json.loads((tmp_path / "cli" / "meta.json").read_text())
     assert meta["counts"] == {"train": 6, "test": 3}
+    assert (meta["params"]["scale_min"], meta["params"]["scale_max"]) == (0.4, 0.5)
     classes = (tmp_path / "cli" / "classes.txt").read_text().splitlines()
     assert classes[0] == "background" and len(classes) == 11
 
