@@ -1,0 +1,229 @@
+"""``python -m launch``: run a stage, a pipeline or a sweep on SLURM, locally or in-process.
+
+python -m launch STAGE --config FILE [--executor slurm|local|inline] [slurm.KEY=V] [key=value]
+python -m launch pipeline --config configs/pipeline/fashion_tiny.yaml [--executor ...]
+python -m launch sweep --stage STAGE --config FILE key=v1,v2 other=a,b [slurm.KEY=V]
+python -m launch status RUN_DIR
+python -m launch cancel RUN_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from common.config import ConfigError, load_config
+from common.preemption import Preempted
+from common.rundir import setup_logging
+from launch.options import EXECUTORS, load_launch_options, split_overrides
+from launch.slurm import LaunchError
+from launch.stages import STAGES, StageError
+
+log = logging.getLogger("launch")
+COMMANDS = ("pipeline", "sweep", "status", "cancel")
+EPILOG = f"""\
+Stages: {", ".join(STAGES)}. Commands: {", ".join(COMMANDS)}.
+
+Launch options are slurm.KEY=VALUE (all of them, with why their defaults are what they are, in
+configs/launch/default.yaml): partition, nodes, gpus_per_node (one task per GPU),
+cpus_per_task, mem_gb, time (HH:MM:SS), account, qos, constraint, exclude, signal_delay_s,
+max_requeues, array_parallelism, setup, additional.<sbatch option>. Every other key=value is
+the stage's own config override.
+
+Executors: slurm (sbatch through submitit), local (a separate process on this machine; a
+pipeline runs its stages one after the other), inline (this process, for debugging). Inside a
+SLURM allocation (srun python -m launch ...) a stage runs directly, without resubmitting.
+
+Examples:
+  python -m launch pretrain --config fashion_tiny --executor local
+  python -m launch pretrain --config configs/pretrain/dino.yaml --executor slurm \\
+      slurm.partition=gpu slurm.nodes=2 slurm.gpus_per_node=8 slurm.cpus_per_task=10 \\
+      slurm.time=48:00:00 data.root=/data/imagenet/train model.arch=vit_small
+  python -m launch pipeline --config configs/pipeline/fashion_tiny.yaml --executor slurm
+  python -m launch sweep --stage pretrain --config fashion_tiny train.lr=1e-3,3e-3 seed=0,1
+  python -m launch status runs/pipeline/fashion_tiny
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m launch",
+        description="Submit a stage, the whole pretrain -> distill -> fewshot chain, or a "
+        "sweep as SLURM jobs (submitit), local processes, or in this process.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("target", help="a stage name, or pipeline / sweep / status / cancel")
+    p.add_argument("run_dir", nargs="?", help="status/cancel: a run, pipeline or sweep directory")
+    p.add_argument("--config", help="stage or pipeline YAML (a path or a preset name)")
+    p.add_argument("--stage", help="sweep: the stage to sweep")
+    p.add_argument("--executor", default="local", choices=EXECUTORS, help="default: local")
+    p.add_argument("--output-dir", help="run / pipeline / sweep directory (default under runs/)")
+    p.add_argument("--force", action="store_true", help="reuse an output dir with another config")
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="slurm: return after submitting (follow with `python -m launch status DIR`)",
+    )
+    p.add_argument(
+        "--signal-delay",
+        type=int,
+        metavar="S",
+        help="seconds of warning before the time limit (same as slurm.signal_delay_s)",
+    )
+    p.add_argument("--time", metavar="HH:MM:SS", help="time limit (same as slurm.time)")
+    return p
+
+
+def _launch_args(args: argparse.Namespace, overrides: list[str]) -> list[str]:
+    extra = []
+    if args.signal_delay is not None:
+        extra.append(f"slurm.signal_delay_s={args.signal_delay}")
+    if args.time is not None:
+        extra.append(f"slurm.time={args.time}")
+    return overrides + extra
+
+
+def _run_stage(args: argparse.Namespace, overrides: list[str]) -> int:
+    from launch.job import StageJob
+    from launch.stages import check_stage
+    from launch.submit import (
+        check_artifacts,
+        check_run_dir,
+        effective_executor,
+        preflight,
+        submit_stage,
+        wait_jobs,
+    )
+
+    stage = check_stage(args.target)
+    launch_cli, stage_cli = split_overrides(overrides)
+    slurm = load_launch_options((), launch_cli).slurm
+    cfg = load_config(stage, args.config, stage_cli)
+    name = Path(args.config).stem if args.config else "default"
+    out = Path(args.output_dir or Path("runs") / stage / name).resolve()
+    check_artifacts(stage, cfg)
+    if not args.force:
+        check_run_dir(out, stage, cfg)
+    executor = effective_executor(args.executor)
+    preflight(executor, slurm, f"labelfew-{stage.replace('/', '-')}")
+    job = StageJob(stage, dict(cfg), str(out), args.force, slurm["max_requeues"])
+    try:
+        sub = submit_stage(job, executor, slurm)
+    except Preempted as exc:
+        log.warning("%s; run the same command again to resume", exc)
+        return 3
+    if executor == "inline":
+        _print_summary(stage, sub.summary or {})
+        return 0
+    if executor == "slurm" and args.no_wait:
+        print(f"submitted job {sub.job_id}; follow it with: python -m launch status {out}")
+        return 0
+    state = wait_jobs([sub])[sub.job_id]
+    from launch.report import read_summary
+
+    _print_summary(stage, read_summary(out) if state == "COMPLETED" else {"state": state})
+    return 0 if state == "COMPLETED" else 1
+
+
+def _print_summary(stage: str, summary: dict) -> None:
+    from launch.report import results_table
+
+    print(results_table([(stage, summary.get("state", "COMPLETED"), summary)]))
+
+
+def _run_pipeline(args: argparse.Namespace, overrides: list[str]) -> int:
+    from launch.pipeline import load_pipeline_file, plan, submit_pipeline
+    from launch.report import write_report
+    from launch.status import collect
+    from launch.submit import effective_executor, wait_jobs
+
+    if not args.config:
+        raise LaunchError("pipeline needs --config, e.g. configs/pipeline/fashion_tiny.yaml")
+    data = load_pipeline_file(args.config)
+    name = data.get("name") or Path(data["_path"]).stem
+    out = Path(args.output_dir or Path("runs") / "pipeline" / name).resolve()
+    executor = effective_executor(args.executor)
+    planned = plan(data, out, overrides, force=args.force)
+    subs = submit_pipeline(planned, out, executor, data, force=args.force)
+    if executor == "slurm":
+        if args.no_wait:
+            print(f"submitted {len(subs)} jobs; follow them with: python -m launch status {out}")
+            return 0
+        wait_jobs(subs)
+    rows = collect(out)
+    stages = [
+        {"name": r.name, "stage": p.stage, "state": r.state, "run_dir": str(p.run_dir)}
+        for r, p in zip(rows, planned, strict=True)
+    ]
+    table, report = write_report(out, stages)
+    print(table)
+    print(f"\nreport: {report}")
+    return 0 if all(s["state"] == "COMPLETED" for s in stages) else 1
+
+
+def _run_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
+    from launch.stages import check_stage
+    from launch.submit import effective_executor, wait_jobs
+    from launch.sweep import parse_axes, plan_sweep, submit_sweep, sweep_table
+
+    if not args.stage:
+        raise LaunchError("sweep needs --stage, e.g. --stage pretrain")
+    stage = check_stage(args.stage)
+    launch_cli, stage_cli = split_overrides(overrides)
+    slurm = load_launch_options((), launch_cli).slurm
+    axes, fixed = parse_axes(stage_cli)
+    name = Path(args.config).stem if args.config else "default"
+    out = Path(args.output_dir or Path("runs") / "sweep" / stage / name).resolve()
+    points = plan_sweep(stage, args.config, axes, fixed, out)
+    executor = effective_executor(args.executor)
+    subs = submit_sweep(stage, points, out, executor, slurm, force=args.force)
+    if executor == "slurm":
+        if args.no_wait:
+            print(f"submitted {len(subs)} array tasks; follow with: python -m launch status {out}")
+            return 0
+        wait_jobs(subs)
+    print(sweep_table(out))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; bad input exits with code 2 and a message naming the fix."""
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    unknown = [a for a in rest if a.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognised options: {' '.join(unknown)}")
+    overrides = list(rest)
+    if args.run_dir and args.target not in ("status", "cancel"):
+        overrides.insert(0, args.run_dir)
+    # The same labelled console handler a stage installs, so it replaces it instead of doubling.
+    setup_logging(None)
+    try:
+        if args.target in ("status", "cancel"):
+            from launch.status import cancel_runs, collect, format_status
+
+            if not args.run_dir:
+                raise LaunchError(f"{args.target} needs a run directory")
+            if args.target == "cancel":
+                ids = cancel_runs(args.run_dir)
+                print(f"cancelled {len(ids)} job(s): {' '.join(ids) or '-'}")
+                return 0
+            print(format_status(collect(args.run_dir)))
+            return 0
+        overrides = _launch_args(args, overrides)
+        if args.target == "pipeline":
+            return _run_pipeline(args, overrides)
+        if args.target == "sweep":
+            return _run_sweep(args, overrides)
+        return _run_stage(args, overrides)
+    except (LaunchError, ConfigError, StageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""``python -m launch status|cancel RUN_DIR`` for a run, a pipeline or a sweep directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.rundir import read_metrics
+from launch.manifest import Manifest
+from launch.records import JobState, job_state, log_paths, read_record
+from launch.report import flat_numbers
+from launch.slurm import LaunchError, cancel, job_infos
+
+SWEEP_RECORD = "sweep.json"
+SUBMITIT_DIR = "submitit"
+
+
+@dataclass
+class RunStatus:
+    """One run's job, its state, progress and where its logs are."""
+
+    name: str
+    run_dir: Path
+    job: JobState | None
+    last_step: int | None
+    last_metrics: dict
+    logs: dict[str, str]
+
+    @property
+    def state(self) -> str:
+        return self.job.state if self.job else "NOT SUBMITTED"
+
+
+def _entries(path: Path) -> list[tuple[str, Path, dict | None]]:
+    """(name, run dir, job record) for every run under ``path``."""
+    if (path / "manifest.json").is_file():
+        stages = Manifest(path).read()["stages"]
+        out = []
+        for name, entry in stages.items():
+            job = None
+            if entry.get("job_id"):
+                job = {"job_id": entry["job_id"], "executor": entry.get("executor", "slurm")}
+            out.append((name, Path(entry["run_dir"]), job))
+        return out
+    if (path / SWEEP_RECORD).is_file():
+        sweep = json.loads((path / SWEEP_RECORD).read_text())
+        return [(p["name"], Path(p["run_dir"]), p.get("job")) for p in sweep["points"]]
+    record = read_record(path)
+    if record.get("jobs"):
+        return [(record.get("stage", path.name), path, record["jobs"][-1])]
+    raise LaunchError(
+        f"{path} holds no launch record (manifest.json, sweep.json or launch.json); give the "
+        "--output-dir of a `python -m launch` run, pipeline or sweep"
+    )
+
+
+def collect(path: str | Path) -> list[RunStatus]:
+    """State, last logged step and log paths of every job of a run/pipeline/sweep."""
+    path = Path(path)
+    entries = _entries(path)
+    slurm_ids = [j["job_id"] for _, _, j in entries if j and j.get("executor") == "slurm"]
+    infos = job_infos(slurm_ids) if slurm_ids else {}
+    out = []
+    for name, run_dir, job in entries:
+        submitit_dir = run_dir / SUBMITIT_DIR
+        state = job_state(job, submitit_dir, infos.get(str(job["job_id"]))) if job else None
+        if state is not None and job and job.get("executor") == "inline":
+            record_jobs = read_record(run_dir).get("jobs", [])
+            if record_jobs:
+                state = job_state(record_jobs[-1], submitit_dir)
+        metrics = read_metrics(run_dir / "metrics.jsonl")
+        last = metrics[-1] if metrics else {}
+        logs = {"stage": str(run_dir / "log.txt")}
+        if job and job.get("executor") != "inline":
+            logs.update(log_paths(submitit_dir, str(job["job_id"])))
+        numbers = flat_numbers({k: v for k, v in last.items() if k != "step"}, depth=1)
+        out.append(
+            RunStatus(name, run_dir, state, last.get("step"), dict(list(numbers.items())[:4]), logs)
+        )
+    return out
+
+
+def format_status(rows: list[RunStatus]) -> str:
+    """A plain-text table plus, for failed jobs, the error and the log to read."""
+    lines = [f"{'run':<16} {'job':<12} {'state':<28} {'step':>6}  last metrics"]
+    notes = []
+    for r in rows:
+        job = r.job.job_id if r.job else "-"
+        state = r.state + (
+            f" ({r.job.reason})" if r.job and r.job.reason not in ("", "None") else ""
+        )
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in r.last_metrics.items())
+        step = "-" if r.last_step is None else str(r.last_step)
+        lines.append(f"{r.name:<16} {job:<12} {state:<28} {step:>6}  {metrics}")
+        if r.state not in ("COMPLETED", "RUNNING", "PENDING"):
+            log = r.logs.get("stderr") or r.logs["stage"]
+            err = f": {r.job.error}" if r.job and r.job.error else ""
+            notes.append(f"  {r.name}: {r.state}{err}\n    logs: {log} and {r.logs['stage']}")
+    if notes:
+        lines += ["", "Not completed:", *notes]
+    return "\n".join(lines)
+
+
+def cancel_runs(path: str | Path) -> list[str]:
+    """Cancel every unfinished job of a run/pipeline/sweep; returns the cancelled job ids."""
+    rows = collect(path)
+    active = [
+        r for r in rows if r.job and r.state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING")
+    ]
+    slurm_ids = [r.job.job_id for r in active if r.job.executor == "slurm"]
+    cancel(slurm_ids)
+    for r in active:
+        if r.job.executor == "local":
+            os.kill(int(r.job.job_id), signal.SIGTERM)
+    manifest = Manifest(path)
+    if manifest.exists():
+        for r in active:
+            manifest.update_stage(r.name, status="cancelled")
+    return [r.job.job_id for r in active]
