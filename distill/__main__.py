@@ -1,0 +1,18 @@
+"""`python -m distill --config FILE backbone=RUN/export [key=value ...]`."""
+
+from common.cli import stage_main
+from distill.stage import run
+
+DESCRIPTION = """\
+Turn a self-supervised ViT's attention into pixel pseudo-labels.
+
+For every image of data.train_split that has image-level labels it extracts the last
+block's cls attention (per head), thresholds the head mean (mask.rule), refines it with the
+variation-aware refine, and assigns foreground pixels to the image's classes (assign.rule);
+masks go to <output-dir>/pseudo_masks/weak/<id>.png. With mixed.enabled an enhancer trained
+on mixed.num_gt_images GT masks writes pseudo_masks/mixed/. quality.md / figures/ compare
+the pseudo-labels with ground truth and with no-learning and random-ViT baselines.
+"""
+
+if __name__ == "__main__":
+    stage_main("distill", run, DESCRIPTION)

@@ -1,0 +1,216 @@
+"""The mixed-supervision enhancer: a small conv net that maps (image, attention maps of all
+heads, coarse mask) to a better foreground mask, trained on the few images that have
+ground-truth masks and applied to every weakly-labelled image (Kang et al. 2023, CST).
+
+The net works at a reduced resolution (``resolution`` pixels a side) because its inputs
+are smooth (attention is a patch grid upsampled) and it must train in seconds on a CPU.
+Its output is a residual on the coarse mask's logit with a zero-initialised last layer, so
+an untrained enhancer reproduces the coarse mask and few labels only have to learn the
+correction. It predicts foreground vs background; classes come from
+:mod:`distill.class_assign`, which keeps the enhancer class-agnostic and data-frugal.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.checkpoint import CheckpointError, atomic_torch_save, load_torch_file
+from common.metrics import IGNORE_INDEX
+from common.preemption import Preempted, stop_requested
+from common.runtime import rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
+
+
+def enhancer_inputs(
+    images: torch.Tensor, heads: torch.Tensor, coarse: torch.Tensor, resolution: int
+) -> torch.Tensor:
+    """Stack [image (3), head maps (K), coarse mask (1)] at ``resolution``: [B, 4 + K, r, r]."""
+    size = (resolution, resolution)
+
+    def rs(x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
+
+    return torch.cat([rs(images), rs(heads), rs(coarse[:, None])], dim=1)
+
+
+class Enhancer(nn.Module):
+    """Dilated conv stack; output = coarse-mask logit + learned correction (logits [B, r, r])."""
+
+    def __init__(self, in_channels: int, channels: int = 16, depth: int = 4) -> None:
+        super().__init__()
+        if in_channels < 5:
+            raise ValueError(
+                f"enhancer needs image (3) + at least one head map + coarse mask, got "
+                f"{in_channels} input channels"
+            )
+        layers: list[nn.Module] = []
+        c = in_channels
+        for i in range(depth):
+            d = 2 ** (i % 3)  # dilations 1, 2, 4, 1, ... widen the view at no cost
+            layers += [nn.Conv2d(c, channels, 3, padding=d, dilation=d), nn.ReLU(inplace=True)]
+            c = channels
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Conv2d(channels, 1, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        coarse = x[:, -1].clamp(1e-3, 1 - 1e-3)
+        return torch.logit(coarse) + self.head(self.body(x))[:, 0]
+
+
+def predict_foreground(
+    model: Enhancer, inputs: torch.Tensor, size: tuple[int, int], batch_size: int = 256
+) -> torch.Tensor:
+    """Foreground probability [B, H, W] at pixel ``size`` from enhancer inputs."""
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for start in range(0, inputs.shape[0], batch_size):
+            logits = model(inputs[start : start + batch_size])
+            up = F.interpolate(logits[:, None], size=size, mode="bilinear", align_corners=False)
+            outs.append(up[:, 0].sigmoid())
+    return torch.cat(outs) if outs else inputs.new_zeros((0, *size))
+
+
+def _loss(model: Enhancer, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = F.interpolate(model(inputs)[:, None], size=targets.shape[-2:], mode="bilinear")[:, 0]
+    valid = targets != IGNORE_INDEX
+    return F.binary_cross_entropy_with_logits(logits[valid], targets[valid].float())
+
+
+def _fg_iou(model: Enhancer, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+    prob = predict_foreground(model, inputs, tuple(targets.shape[-2:]))
+    valid = targets != IGNORE_INDEX
+    pred, gt = (prob >= 0.5) & valid, (targets == 1) & valid
+    union = (pred | gt).sum().item()
+    return (pred & gt).sum().item() / union if union else 1.0
+
+
+@dataclass
+class EnhancerTrainConfig:
+    """Optimisation settings of :func:`train_enhancer` (from the ``enhancer`` config block)."""
+
+    max_steps: int = 300
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.2
+    eval_every: int = 25
+    patience: int = 4
+    channels: int = 16
+    depth: int = 4
+
+
+def train_enhancer(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    cfg: EnhancerTrainConfig,
+    ckpt_path: str | Path | None = None,
+    seed: int = 0,
+) -> tuple[Enhancer, dict]:
+    """Train on GT images; early stopping on held-out foreground IoU; resumable from ``ckpt_path``.
+
+    ``inputs`` [N, 4 + K, r, r] from :func:`enhancer_inputs`; ``targets`` [N, H, W] with 1
+    foreground, 0 background, 255 ignore. Returns the best model (by validation IoU) and
+    a summary. Polls :func:`common.preemption.stop_requested` between steps.
+    """
+    n = inputs.shape[0]
+    if n == 0:
+        raise ValueError(
+            "the enhancer needs ground-truth masks, but 0 images with masks were given; set "
+            "mixed.num_gt_images > 0 (and make sure those images have masks) or mixed.enabled=false"
+        )
+    if targets.shape[0] != n:
+        raise ValueError(f"{n} enhancer inputs but {targets.shape[0]} target masks")
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=gen)
+    n_val = max(1, round(n * cfg.val_fraction)) if n > 1 else 0
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    if n_val == 0:  # one GT image: train on it and validate on it
+        val_idx = train_idx
+    model = Enhancer(inputs.shape[1], cfg.channels, cfg.depth)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = {"step": 0, "best_iou": _fg_iou(model, inputs[val_idx], targets[val_idx])}
+    state["best_model"] = copy.deepcopy(model.state_dict())
+    state["initial_iou"] = state["best_iou"]
+    state["bad_evals"] = 0
+    ckpt_path = Path(ckpt_path) if ckpt_path else None
+    if ckpt_path and ckpt_path.is_file():
+        ckpt = load_torch_file(ckpt_path)
+        if ckpt.get("in_channels") != inputs.shape[1] or ckpt.get("num_images") != n:
+            raise CheckpointError(
+                f"enhancer checkpoint {ckpt_path} was trained with {ckpt.get('in_channels')} "
+                f"input channels on {ckpt.get('num_images')} images, not {inputs.shape[1]} on "
+                f"{n}; delete it or use another --output-dir"
+            )
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        state = ckpt["state"]
+        set_rng_state(ckpt["rng"])
+        gen.set_state(ckpt["gen"])
+        log.info("enhancer: resumed from %s at step %d", ckpt_path, state["step"])
+
+    def save() -> None:
+        if ckpt_path:
+            atomic_torch_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "state": state,
+                    "rng": rng_state(),
+                    "gen": gen.get_state(),
+                    "in_channels": inputs.shape[1],
+                    "num_images": n,
+                },
+                ckpt_path,
+            )
+
+    while state["step"] < cfg.max_steps and state["bad_evals"] < cfg.patience:
+        if stop_requested():
+            save()
+            raise Preempted(state["step"])
+        model.train()
+        batch = train_idx[torch.randint(len(train_idx), (cfg.batch_size,), generator=gen)]
+        x, y = inputs[batch], targets[batch]
+        flip = torch.rand(len(batch), generator=gen) < 0.5  # horizontal flips: free data
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        y = torch.where(flip[:, None, None], y.flip(-1), y)
+        loss = _loss(model, x, y)
+        if not torch.isfinite(loss):
+            save()
+            raise FloatingPointError(
+                f"enhancer loss is {loss.item()} at step {state['step']}; lower enhancer.lr"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state["step"] += 1
+        if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.max_steps:
+            iou = _fg_iou(model, inputs[val_idx], targets[val_idx])
+            if iou > state["best_iou"]:
+                state.update(
+                    best_iou=iou, best_model=copy.deepcopy(model.state_dict()), bad_evals=0
+                )
+            else:
+                state["bad_evals"] += 1
+            log.debug("enhancer step %d loss %.4f val fg-IoU %.4f", state["step"], loss.item(), iou)
+            save()
+    model.load_state_dict(state["best_model"])
+    model.eval()
+    summary = {
+        "steps": state["step"],
+        "train_images": len(train_idx),
+        "val_images": len(val_idx),
+        "val_fg_iou_initial": state["initial_iou"],
+        "val_fg_iou_best": state["best_iou"],
+    }
+    return model, summary

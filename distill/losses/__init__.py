@@ -1,0 +1,1 @@
+"""Losses of the distill stage, one per file."""

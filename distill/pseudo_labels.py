@@ -1,0 +1,215 @@
+"""The pseudo-label pipeline: attention -> foreground rule -> refine -> classes -> PNGs.
+
+Weak pseudo-masks use only image-level labels; mixed ones replace the weak foreground by
+the enhancer's and keep ground truth on the few images that have it. Masks are written as
+VOC palette PNGs (0 background, class ids, 255 ignore) to ``pseudo_masks/<kind>/<id>.png``
+so ``VOCSegmentation(root, split, mask_dir=...)`` reads them in place of ground truth.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from common.config import Config
+from common.datasets.palette import write_mask
+from common.metrics import IGNORE_INDEX
+from distill.attention_maps import AttentionOutput, extract_attention, upsample
+from distill.class_assign import PrototypeBank, assign_classes, class_scores
+from distill.enhancer import Enhancer, enhancer_inputs, predict_foreground
+from distill.mask_rules import threshold_for
+from distill.refine import VariationAwareRefine, dual_threshold
+
+log = logging.getLogger(__name__)
+EMPTY_LABEL_POLICIES = ("background", "error")
+
+
+@dataclass
+class Batch:
+    """Images [B, 3, H, W], image-level labels, ids and (when known) GT masks [B, H, W]."""
+
+    images: torch.Tensor
+    labels: list[list[int]]
+    ids: list[str]
+    masks: torch.Tensor | None
+
+
+def iter_batches(
+    dataset,
+    indices: Sequence[int],
+    batch_size: int,
+    empty_labels: str = "background",
+    desc: str | None = None,
+) -> Iterator[Batch]:
+    """Batches of ``dataset`` items ``indices`` with ground-truth image-level labels."""
+    if empty_labels not in EMPTY_LABEL_POLICIES:
+        raise ValueError(
+            f"data.empty_labels must be one of {EMPTY_LABEL_POLICIES}, got {empty_labels!r}"
+        )
+    bar = tqdm(total=len(indices), desc=desc, unit="img", disable=desc is None, leave=False)
+    for start in range(0, len(indices), batch_size):
+        chunk = list(indices[start : start + batch_size])
+        items = [dataset[i] for i in chunk]
+        labels = [dataset.image_labels(i) for i in chunk]
+        for i, labs in zip(chunk, labels, strict=True):
+            if not labs and empty_labels == "error":
+                raise ValueError(
+                    f"image {dataset.ids[i]!r} of split {dataset.split!r} has no image-level "
+                    "label; weak pseudo-labels need at least one class per image. Remove it "
+                    "from the split, or set data.empty_labels=background if an empty label "
+                    "list means the image shows no object"
+                )
+        sizes = {tuple(it["image"].shape) for it in items}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"images of one batch differ in size ({sorted(sizes)}); set data.image_size "
+                "so every image is resized to one size"
+            )
+        yield Batch(
+            images=torch.stack([it["image"] for it in items]),
+            labels=labels,
+            ids=[it["id"] for it in items],
+            masks=torch.stack([it["mask"] for it in items]),
+        )
+        bar.update(len(chunk))
+    bar.close()
+
+
+class PseudoLabeler:
+    """Turns a backbone's attention into foreground and class masks for labelled images."""
+
+    def __init__(self, model: torch.nn.Module, cfg: Config, device: torch.device) -> None:
+        self.model = model.to(device).eval()
+        self.device = device
+        self.cfg = cfg
+        r = cfg.refine
+        self.refiner = VariationAwareRefine(
+            r.dilations, r.num_iter, r.appearance_weight, r.position_weight, r.variation_weight
+        )
+        self.centre: torch.Tensor | None = None
+        self.prototypes: torch.Tensor | None = None
+
+    def attend(self, images: torch.Tensor) -> AttentionOutput:
+        a = self.cfg.attention
+        return extract_attention(self.model, images.to(self.device), a.source, a.layers)
+
+    def fit_prototypes(self, batches: Iterator[Batch], num_classes: int) -> dict:
+        """Class prototypes from foreground embeddings of labelled images (class_assign)."""
+        bank = None
+        for batch in batches:
+            att = self.attend(batch.images)
+            if bank is None:
+                bank = PrototypeBank(num_classes, att.tokens.shape[-1])
+            keep = [i for i, labs in enumerate(batch.labels) if labs]
+            if keep:
+                bank.add(
+                    att.tokens[keep].cpu(),
+                    att.saliency[keep].cpu(),
+                    [batch.labels[i] for i in keep],
+                )
+        if bank is None or bank.count == 0:
+            raise ValueError("no labelled image to build class prototypes from")
+        state = bank.state_dict()
+        self.centre, self.prototypes = state["centre"], state["prototypes"]
+        return state
+
+    def saliency(self, att: AttentionOutput, size: tuple[int, int]) -> torch.Tensor:
+        """The head-mean map upsampled to pixels [B, H, W]."""
+        return upsample(att.saliency, size)
+
+    def foreground(
+        self, images: torch.Tensor, raw: torch.Tensor, refine: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(foreground labels 0/1/255 [B, H, W], per-image thresholds [B]) from ``raw``."""
+        m = self.cfg.mask
+        t = threshold_for(raw, m.rule, m.value_threshold, m.mass)
+        if not refine:
+            return (raw >= t[:, None, None]).long(), t
+        refined = self.refiner(images.to(raw.device), raw[:, None])[:, 0]
+        r = self.cfg.refine
+        return dual_threshold(raw, refined, t, r.ignore_band, r.ignore_disagreement), t
+
+    def classes(
+        self,
+        fg: torch.Tensor,
+        labels: list[list[int]],
+        att: AttentionOutput,
+        rule: str | None = None,
+    ) -> torch.Tensor:
+        """Class-index masks from foreground labels using ``assign.rule`` (or ``rule``)."""
+        rule = rule or self.cfg.assign.rule
+        scores = None
+        if rule == "prototype" and any(len(labs) > 1 for labs in labels):
+            if self.prototypes is None:
+                raise RuntimeError("fit_prototypes must run before prototype class assignment")
+            scores = class_scores(
+                att.tokens, self.centre.to(att.tokens.device), self.prototypes.to(att.tokens.device)
+            )
+        return assign_classes(
+            fg, labels, scores, rule, self.cfg.data.empty_labels, ignore_index=IGNORE_INDEX
+        )
+
+    def weak(self, batch: Batch, att: AttentionOutput | None = None, refine: bool | None = None):
+        """Weak class masks [B, H, W] (and the foreground labels) of a batch."""
+        att = att if att is not None else self.attend(batch.images)
+        refine = self.cfg.refine.enabled if refine is None else refine
+        raw = self.saliency(att, tuple(batch.images.shape[-2:]))
+        fg, _ = self.foreground(batch.images.to(self.device), raw, refine)
+        return self.classes(fg, batch.labels, att), fg
+
+    def enhancer_inputs(self, batch: Batch, att: AttentionOutput, weak_fg: torch.Tensor):
+        """Enhancer input stack: image, every head map, the weak foreground (ignore = 0.5)."""
+        coarse = weak_fg.float()
+        coarse[weak_fg == IGNORE_INDEX] = 0.5
+        res = self.cfg.enhancer.resolution
+        return enhancer_inputs(batch.images.to(coarse.device), att.heads, coarse, res)
+
+    def enhanced(self, batch: Batch, enhancer: Enhancer, att: AttentionOutput | None = None):
+        """Class masks whose foreground comes from the enhancer (prob >= 0.5)."""
+        att = att if att is not None else self.attend(batch.images)
+        _, weak_fg = self.weak(batch, att)
+        x = self.enhancer_inputs(batch, att, weak_fg)
+        prob = predict_foreground(enhancer.to(x.device), x, tuple(batch.images.shape[-2:]))
+        return self.classes((prob >= 0.5).long(), batch.labels, att)
+
+
+def write_pseudo_masks(
+    labeler: PseudoLabeler,
+    batches: Iterator[Batch],
+    out_root: Path,
+    enhancer: Enhancer | None = None,
+    gt_ids: set[str] | frozenset[str] = frozenset(),
+) -> dict:
+    """Write ``weak/<id>.png`` (and ``mixed/<id>.png`` with an enhancer) for every batch.
+
+    Mixed masks keep the ground truth of the images in ``gt_ids`` (the enhancer's training
+    images). Returns counts of images and of ignored / foreground pixels.
+    """
+    stats = {"images": 0, "weak_ignore_fraction": 0.0, "weak_fg_fraction": 0.0}
+    pixels = 0
+    for batch in batches:
+        att = labeler.attend(batch.images)
+        weak, weak_fg = labeler.weak(batch, att)
+        mixed = None
+        if enhancer is not None:
+            x = labeler.enhancer_inputs(batch, att, weak_fg)
+            prob = predict_foreground(enhancer.to(x.device), x, tuple(batch.images.shape[-2:]))
+            mixed = labeler.classes((prob >= 0.5).long(), batch.labels, att)
+        for i, name in enumerate(batch.ids):
+            write_mask(out_root / "weak" / f"{name}.png", weak[i].cpu().numpy())
+            if mixed is not None:
+                use_gt = name in gt_ids and batch.masks is not None
+                m = batch.masks[i] if use_gt else mixed[i]
+                write_mask(out_root / "mixed" / f"{name}.png", m.cpu().numpy())
+        stats["images"] += len(batch.ids)
+        pixels += weak.numel()
+        stats["weak_ignore_fraction"] += (weak == IGNORE_INDEX).sum().item()
+        stats["weak_fg_fraction"] += ((weak > 0) & (weak != IGNORE_INDEX)).sum().item()
+    for key in ("weak_ignore_fraction", "weak_fg_fraction"):
+        stats[key] /= max(pixels, 1)
+    return stats

@@ -1,0 +1,253 @@
+"""`python -m distill`: pseudo-masks for every train image, the enhancer, the quality report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import torch
+
+from common.backbone import build_backbone, load_backbone
+from common.config import Config, ConfigError
+from common.datasets.voc import VOCSegmentation
+from common.metrics import IGNORE_INDEX
+from common.preemption import Preempted, stop_requested
+from common.rundir import MetricsLogger, RunDir
+from common.runtime import resolve_device
+from distill.attention_maps import check_attention_access, upsample
+from distill.baselines import border_contrast_saliency
+from distill.class_assign import class_scores
+from distill.enhancer import Enhancer, EnhancerTrainConfig, train_enhancer
+from distill.figures import save_grid
+from distill.mask_rules import otsu_threshold
+from distill.pseudo_labels import Batch, PseudoLabeler, iter_batches, write_pseudo_masks
+from distill.quality import assignment_accuracy, score_masks, write_report
+
+log = logging.getLogger(__name__)
+
+
+def _subset(n: int, k: int | None, seed: int) -> list[int]:
+    """A seeded random subset of ``range(n)`` of size ``k`` (all of it when k is None)."""
+    if k is None or k >= n:
+        return list(range(n))
+    g = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(n, generator=g)[:k].tolist())
+
+
+def _enhancer_cfg(cfg: Config) -> EnhancerTrainConfig:
+    e = cfg.enhancer
+    return EnhancerTrainConfig(
+        max_steps=cfg.train.max_steps or 300,
+        batch_size=cfg.train.batch_size,
+        lr=e.lr,
+        weight_decay=e.weight_decay,
+        val_fraction=e.val_fraction,
+        eval_every=e.eval_every,
+        patience=e.patience,
+        channels=e.channels,
+        depth=e.depth,
+    )
+
+
+class EnhancerPool:
+    """Trains (and caches) enhancers on nested prefixes of one seeded order of GT images."""
+
+    def __init__(self, labeler: PseudoLabeler, dataset, order: list[int], cfg: Config, run: RunDir):
+        self.labeler, self.dataset, self.order, self.cfg, self.run = (
+            labeler,
+            dataset,
+            order,
+            cfg,
+            run,
+        )
+        self.models: dict[int, Enhancer] = {}
+        self.summaries: dict[int, dict] = {}
+
+    def get(self, n: int, ckpt_name: str | None = None) -> Enhancer:
+        if n <= 0:
+            raise ValueError(
+                "the enhancer was asked for with 0 ground-truth images; set "
+                "mixed.num_gt_images > 0, or mixed.enabled=false for weak pseudo-masks only"
+            )
+        if n > len(self.order):
+            raise ValueError(
+                f"mixed.num_gt_images={n} but split {self.dataset.split!r} has only "
+                f"{len(self.order)} images with masks; lower it"
+            )
+        if n in self.models:
+            return self.models[n]
+        inputs, targets = [], []
+        for batch in iter_batches(
+            self.dataset, self.order[:n], self.cfg.attention.batch_size, self.cfg.data.empty_labels
+        ):
+            att = self.labeler.attend(batch.images)
+            _, weak_fg = self.labeler.weak(batch, att)
+            inputs.append(self.labeler.enhancer_inputs(batch, att, weak_fg).cpu())
+            fg = (batch.masks > 0).long()
+            fg[batch.masks == IGNORE_INDEX] = IGNORE_INDEX
+            targets.append(fg)
+        ckpt = self.run.checkpoints / (ckpt_name or f"enhancer_gt{n}.pt")
+        t0 = time.perf_counter()
+        model, summary = train_enhancer(
+            torch.cat(inputs), torch.cat(targets), _enhancer_cfg(self.cfg), ckpt, self.cfg.seed
+        )
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        log.info("enhancer on %d GT images: %s", n, summary)
+        self.models[n], self.summaries[n] = model, summary
+        return model
+
+
+def _eval_cache(labeler: PseudoLabeler, dataset, indices: list[int], cfg: Config) -> list:
+    """(batch, attention) pairs of the scored eval images, computed once."""
+    return [
+        (batch, labeler.attend(batch.images))
+        for batch in iter_batches(
+            dataset, indices, cfg.attention.batch_size, cfg.data.empty_labels, "eval attention"
+        )
+    ]
+
+
+def _score(preds: list[torch.Tensor], cache: list, num_classes: int) -> dict:
+    targets = [m for batch, _ in cache for m in batch.masks]
+    return score_masks([p.cpu() for p in preds], targets, num_classes)
+
+
+def _quality(
+    cfg: Config,
+    run: RunDir,
+    labeler: PseudoLabeler,
+    info: dict,
+    train_ds,
+    eval_ds,
+    proto_idx: list[int],
+    pool: EnhancerPool | None,
+) -> dict:
+    """Score every method on held-out eval images; write the table, JSON and plot."""
+    nc = eval_ds.num_classes
+    eval_idx = _subset(len(eval_ds), cfg.quality.max_images, cfg.seed)
+    cache = _eval_cache(labeler, eval_ds, eval_idx, cfg)
+    rows: list[dict] = []
+
+    def add(method: str, gt_images: int, preds: list[torch.Tensor]) -> None:
+        s = _score([p for b in preds for p in b], cache, nc)
+        rows.append({"method": method, "gt_images": gt_images, **s})
+
+    if cfg.quality.saliency_baseline:
+        preds = []
+        for batch, att in cache:
+            sal = border_contrast_saliency(batch.images)
+            fg = (sal >= otsu_threshold(sal)[:, None, None]).long()
+            preds.append(labeler.classes(fg, batch.labels, att, rule="first_label"))
+        add("colour saliency (no learning)", 0, preds)
+    if cfg.quality.random_backbone:
+        torch.manual_seed(cfg.seed + 1)
+        random_labeler = PseudoLabeler(build_backbone(info["timm_kwargs"]), cfg, labeler.device)
+        random_labeler.fit_prototypes(
+            iter_batches(train_ds, proto_idx, cfg.attention.batch_size, cfg.data.empty_labels),
+            train_ds.num_classes,
+        )
+        preds = [random_labeler.weak(b)[0] for b, _ in cache]
+        add("random-init ViT + refine", 0, preds)
+    add("attention (raw)", 0, [labeler.weak(b, a, refine=False)[0] for b, a in cache])
+    add("attention + refine", 0, [labeler.weak(b, a, refine=True)[0] for b, a in cache])
+    if pool is not None:
+        for n in cfg.quality.gt_counts:
+            if n <= 0 or n > len(pool.order):
+                continue
+            enhancer = pool.get(n)
+            add(f"+ enhancer ({n} GT)", n, [labeler.enhanced(b, enhancer, a) for b, a in cache])
+    # Class assignment alone, on the GT foreground of multi-label eval images.
+    targets = [m for b, _ in cache for m in b.masks]
+    labels = [lab for b, _ in cache for lab in b.labels]
+    scores = [
+        s
+        for _, a in cache
+        for s in class_scores(
+            a.tokens, labeler.centre.to(a.tokens.device), labeler.prototypes.to(a.tokens.device)
+        )
+    ]
+    assign = {
+        rule: assignment_accuracy(targets, labels, scores, rule)
+        for rule in ("prototype", "first_label")
+    }
+    extra = {
+        "eval_split": eval_ds.split,
+        "eval_images": len(eval_idx),
+        "class_assignment": assign,
+        "enhancers": pool.summaries if pool is not None else {},
+    }
+    write_report(
+        rows, extra, run.root, f"pseudo-label quality on {len(eval_idx)} {eval_ds.split} images"
+    )
+    _figures(cfg, run, labeler, cache, pool)
+    return {"rows": rows, **extra}
+
+
+def _figures(cfg: Config, run: RunDir, labeler: PseudoLabeler, cache: list, pool) -> None:
+    """Overlay grid of the first eval images: heads, weak / mixed pseudo-masks, GT."""
+    k = cfg.figures.num_images
+    if k <= 0 or not cache:
+        return
+    batch, att = cache[0]
+    sl = slice(0, min(k, len(batch.ids)))
+    sub = Batch(batch.images[sl], batch.labels[sl], batch.ids[sl], batch.masks[sl])
+    size = tuple(sub.images.shape[-2:])
+    heads = upsample(att.heads[sl], size).cpu()
+    sub_att = type(att)(att.heads[sl], att.saliency[sl], att.tokens[sl])
+    masks = {"weak": labeler.weak(sub, sub_att)[0].cpu()}
+    n = cfg.mixed.num_gt_images
+    if pool is not None and n in pool.models:
+        masks["mixed"] = labeler.enhanced(sub, pool.models[n], sub_att).cpu()
+    masks["ground truth"] = sub.masks
+    save_grid(run.figures / "pseudo_masks_eval.png", sub.images, heads, masks, sub.ids)
+
+
+def run(cfg: Config, run: RunDir) -> dict:
+    """Write pseudo-masks (weak, and mixed with the enhancer) for the train split and report."""
+    if not cfg.backbone:
+        raise ConfigError(
+            "distill needs an exported backbone: pass backbone=RUN_DIR/export (a pretrain run "
+            "directory or its export/ folder)"
+        )
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    model, info = load_backbone(cfg.backbone, device)
+    check_attention_access(model)
+    train_ds = VOCSegmentation(cfg.data.root, cfg.data.train_split, image_size=cfg.data.image_size)
+    eval_ds = VOCSegmentation(cfg.data.root, cfg.data.eval_split, image_size=cfg.data.image_size)
+    metrics = MetricsLogger(run.metrics)
+    labeler = PseudoLabeler(model, cfg, device)
+    train_idx = list(range(len(train_ds)))
+    proto_idx = _subset(len(train_idx), cfg.assign.max_images, cfg.seed + 2)
+    proto_idx = [train_idx[i] for i in proto_idx]
+    bs, empty = cfg.attention.batch_size, cfg.data.empty_labels
+    labeler.fit_prototypes(
+        iter_batches(train_ds, proto_idx, bs, empty, "prototypes"), train_ds.num_classes
+    )
+    # One seeded order of the GT pool: enhancers on 10, 50, 200 images use nested prefixes.
+    perm = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(cfg.seed + 3))
+    order = [train_idx[i] for i in perm.tolist()]
+    pool = EnhancerPool(labeler, train_ds, order, cfg, run)
+    enhancer, gt_ids = None, set()
+    if cfg.mixed.enabled:
+        n = cfg.mixed.num_gt_images
+        enhancer = pool.get(n, ckpt_name="last.pt")
+        gt_ids = {train_ds.ids[i] for i in order[:n]}
+    if stop_requested():
+        raise Preempted(0)
+    out = run.root / "pseudo_masks"
+    stats = write_pseudo_masks(
+        labeler, iter_batches(train_ds, train_idx, bs, empty, "pseudo-masks"), out, enhancer, gt_ids
+    )
+    log.info("wrote %d pseudo-masks to %s", stats["images"], out)
+    summary: dict = {"pseudo_masks": str(out), **stats}
+    if cfg.mixed.enabled:
+        summary["enhancer"] = pool.summaries[cfg.mixed.num_gt_images]
+        summary["gt_images"] = sorted(gt_ids)
+    if cfg.quality.enabled:
+        summary["quality"] = _quality(cfg, run, labeler, info, train_ds, eval_ds, proto_idx, pool)
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    metrics.log(0, **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    (run.root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
