@@ -1,0 +1,1 @@
+"""`python -m distill.segment`: weakly-supervised semantic segmentation from pseudo-masks."""

@@ -1,0 +1,290 @@
+"""Train and evaluate the WSSS model: frozen ViT + light decoder on pseudo-masks (+ SCD).
+
+Supervision comes from a pseudo-mask folder (``pseudo_masks=<distill run>/pseudo_masks/weak``)
+read through ``VOCSegmentation(mask_dir=...)``; with ``compare_gt`` the same model is also
+trained on ground-truth masks as the upper bound. Evaluation is over all classes,
+background included (the VOC WSSS convention), on ``data.eval_split``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from common.backbone import load_backbone
+from common.checkpoint import CheckpointError, load_torch_file, save_checkpoint
+from common.config import Config, ConfigError
+from common.datasets.voc import VOCSegmentation
+from common.metrics import IGNORE_INDEX, SegmentationMeter
+from common.preemption import Preempted, stop_requested
+from common.rundir import MetricsLogger, RunDir
+from common.runtime import resolve_device, rng_state, set_rng_state
+from distill.figures import save_grid
+from distill.losses.scd import SCDLoss
+from distill.segment.model import SegmentationModel
+
+log = logging.getLogger(__name__)
+
+
+def _collate(items: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([it["image"] for it in items]), torch.stack([it["mask"] for it in items])
+
+
+def _one_hot(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[B, H, W] class ids (255 ignore) -> [B, K, H, W] one-hot; ignore pixels are all zero."""
+    valid = masks != IGNORE_INDEX
+    out = F.one_hot(torch.where(valid, masks, 0), num_classes).permute(0, 3, 1, 2).float()
+    return out * valid[:, None]
+
+
+def _flip(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator):
+    flip = torch.rand(images.shape[0], generator=gen) < 0.5
+    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    return images, torch.where(flip[:, None, None], masks.flip(-1), masks)
+
+
+def train_model(
+    cfg: Config,
+    model: SegmentationModel,
+    dataset: VOCSegmentation,
+    ckpt_dir: Path,
+    metrics: MetricsLogger,
+    tag: str,
+    device: torch.device,
+) -> dict:
+    """Cross-entropy on the given masks (+ SCD between the image and a rescaled view)."""
+    t = cfg.train
+    params = [{"params": model.decoder.parameters(), "lr": t.lr}]
+    if not cfg.model.freeze_backbone:
+        params.append(
+            {"params": model.backbone.parameters(), "lr": t.lr * cfg.model.backbone_lr_scale}
+        )
+    opt = torch.optim.AdamW(params, weight_decay=t.weight_decay)
+    max_steps = t.max_steps or t.epochs * max(1, len(dataset) // t.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s, max_steps) / max_steps))
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    scd = SCDLoss(cfg.scd.num_points) if cfg.scd.weight > 0 else None
+    step = 0
+    last = ckpt_dir / "last.pt"
+    if last.is_file():
+        ckpt = load_torch_file(last)
+        if ckpt.get("tag") != tag:
+            raise CheckpointError(f"{last} belongs to the {ckpt.get('tag')!r} model, not {tag!r}")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        gen.set_state(ckpt["gen"])
+        set_rng_state(ckpt["rng"])
+        step = ckpt["step"]
+        log.info("%s: resumed from %s at step %d", tag, last, step)
+
+    def save() -> None:
+        state = {
+            "tag": tag,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "gen": gen.get_state(),
+            "rng": rng_state(),
+            "step": step,
+        }
+        save_checkpoint(state, ckpt_dir, step, keep=0)
+
+    bar = tqdm(total=max_steps, initial=step, desc=f"train {tag}", leave=False)
+    model.to(device).train()
+    while step < max_steps:
+        order = torch.randperm(len(dataset), generator=gen).tolist()
+        loader = DataLoader(
+            torch.utils.data.Subset(dataset, order),
+            batch_size=t.batch_size,
+            num_workers=cfg.data.num_workers,
+            collate_fn=_collate,
+            drop_last=len(dataset) >= t.batch_size,
+        )
+        for images, masks in loader:
+            if step >= max_steps:
+                break
+            if stop_requested():
+                save()
+                raise Preempted(step)
+            images, masks = _flip(images, masks, gen)
+            images, masks = images.to(device), masks.to(device)
+            logits = model(images)
+            ce = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
+            loss, terms = ce, {"ce": ce.item()}
+            if scd is not None:
+                size = [max(8, round(s * cfg.scd.scale)) for s in images.shape[-2:]]
+                patch = model.backbone.patch_embed.patch_size
+                size = [s - s % p for s, p in zip(size, patch, strict=True)]
+                small = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+                small_masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0]
+                nc = logits.shape[1]
+                term = scd(
+                    _one_hot(masks, nc), _one_hot(small_masks.long(), nc), logits, model(small)
+                )
+                loss = loss + cfg.scd.weight * term
+                terms["scd"] = term.item()
+            if not torch.isfinite(loss):
+                save()
+                raise FloatingPointError(
+                    f"{tag}: loss is {loss.item()} at step {step}; lower train.lr"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            bar.update(1)
+            if step % t.log_every == 0 or step == max_steps:
+                metrics.log(step, model=tag, loss=loss.item(), **terms)
+            if step % t.checkpoint_every == 0:
+                save()
+    bar.close()
+    save()
+    return {"steps": step}
+
+
+@torch.no_grad()
+def evaluate(
+    model: SegmentationModel, dataset: VOCSegmentation, cfg: Config, device: torch.device
+) -> tuple[SegmentationMeter, np.ndarray, tuple]:
+    """Meter (all classes), confusion matrix, and the first batch (images, preds, GT)."""
+    nc = dataset.num_classes
+    meter = SegmentationMeter(nc, exclude_background=False)
+    confusion = np.zeros((nc, nc), dtype=np.int64)
+    model.to(device).eval()
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.train.batch_size,
+        num_workers=cfg.data.num_workers,
+        collate_fn=_collate,
+    )
+    first = None
+    for images, masks in tqdm(loader, desc="evaluate", leave=False):
+        pred = model(images.to(device)).argmax(1).cpu()
+        meter.update(pred, masks)
+        keep = masks != IGNORE_INDEX
+        confusion += np.bincount(
+            masks[keep].numpy() * nc + pred[keep].numpy(), minlength=nc * nc
+        ).reshape(nc, nc)
+        if first is None:
+            first = (images, pred, masks)
+    return meter, confusion, first
+
+
+def mask_quality(pseudo: VOCSegmentation, gt: VOCSegmentation) -> dict:
+    """The pseudo-masks' own mIoU (all classes, ignore counted as background) vs ground truth."""
+    meter = SegmentationMeter(gt.num_classes, exclude_background=False)
+    for i in range(len(gt)):
+        p = torch.from_numpy(pseudo.read_mask(i).astype(np.int64))
+        meter.update(
+            torch.where(p == IGNORE_INDEX, 0, p), torch.from_numpy(gt.read_mask(i).astype(np.int64))
+        )
+    return {"miou": meter.miou(), "fb_iou": meter.fb_iou()}
+
+
+def plot_confusion(confusion: np.ndarray, names: list[str], path: Path) -> None:
+    """Row-normalised confusion matrix (rows: ground truth) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    norm = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(0.45 * len(names) + 2, 0.45 * len(names) + 1.5))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _train_and_eval(cfg, run, tag, train_ds, eval_ds, device, metrics) -> dict:
+    backbone, _ = load_backbone(cfg.backbone, device)
+    torch.manual_seed(cfg.seed)
+    model = SegmentationModel(
+        backbone, train_ds.num_classes, cfg.model.channels, cfg.model.freeze_backbone
+    )
+    t0 = time.perf_counter()
+    ckpt_dir = run.checkpoints if tag == "pseudo" else run.checkpoints / tag
+    info = train_model(cfg, model, train_ds, ckpt_dir, metrics, tag, device)
+    meter, confusion, (images, pred, gt) = evaluate(model, eval_ds, cfg, device)
+    names = eval_ds.class_names
+    plot_confusion(confusion, names, run.figures / f"confusion_{tag}.png")
+    k = min(cfg.figures.num_images, images.shape[0])
+    save_grid(
+        run.figures / f"predictions_{tag}.png",
+        images[:k],
+        None,
+        {"prediction": pred[:k], "ground truth": gt[:k]},
+    )
+    ious = meter.iou_per_class()
+    return {
+        "miou": meter.miou(),
+        "fb_iou": meter.fb_iou(),
+        "iou_per_class": {
+            n: (None if v != v else float(v)) for n, v in zip(names, ious, strict=True)
+        },
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        **info,
+    }
+
+
+def run(cfg: Config, run: RunDir) -> dict:
+    """Train on pseudo-masks (and on GT with ``compare_gt``), evaluate, write the report."""
+    if not cfg.backbone:
+        raise ConfigError("distill.segment needs backbone=RUN_DIR/export (an exported backbone)")
+    if not cfg.pseudo_masks:
+        raise ConfigError(
+            "distill.segment needs pseudo_masks=<distill run>/pseudo_masks/weak (or mixed)"
+        )
+    device = resolve_device(cfg.device)
+    size = cfg.data.image_size
+    pseudo_ds = VOCSegmentation(
+        cfg.data.root, cfg.data.train_split, mask_dir=cfg.pseudo_masks, image_size=size
+    )
+    eval_ds = VOCSegmentation(cfg.data.root, cfg.data.eval_split, image_size=size)
+    metrics = MetricsLogger(run.metrics)
+    results = {"pseudo_masks": str(cfg.pseudo_masks)}
+    gt_train = VOCSegmentation(cfg.data.root, cfg.data.train_split, image_size=size)
+    results["pseudo_mask_quality_train"] = mask_quality(pseudo_ds, gt_train)
+    results["pseudo"] = _train_and_eval(cfg, run, "pseudo", pseudo_ds, eval_ds, device, metrics)
+    if cfg.compare_gt:
+        results["gt"] = _train_and_eval(cfg, run, "gt", gt_train, eval_ds, device, metrics)
+    lines = [
+        "| model | mIoU (all classes) | FB-IoU |",
+        "| --- | ---: | ---: |",
+        f"| pseudo-masks themselves (train split vs GT) | "
+        f"{100 * results['pseudo_mask_quality_train']['miou']:.1f} | "
+        f"{100 * results['pseudo_mask_quality_train']['fb_iou']:.1f} |",
+        f"| decoder trained on pseudo-masks ({cfg.data.eval_split}) | "
+        f"{100 * results['pseudo']['miou']:.1f} | {100 * results['pseudo']['fb_iou']:.1f} |",
+    ]
+    if cfg.compare_gt:
+        lines.append(
+            f"| decoder trained on GT masks, upper bound ({cfg.data.eval_split}) | "
+            f"{100 * results['gt']['miou']:.1f} | {100 * results['gt']['fb_iou']:.1f} |"
+        )
+    table = "\n".join(lines)
+    (run.root / "segmentation.md").write_text(f"# WSSS results\n\n{table}\n")
+    (run.root / "summary.json").write_text(json.dumps(results, indent=2))
+    log.info("WSSS results:\n%s", table)
+    print(table)
+    return results
