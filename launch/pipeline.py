@@ -162,7 +162,7 @@ def plan(
             return path
 
         try:
-            cfg: dict = to_dict(load_config(stage, spec.get("config")))
+            cfg: dict = to_dict(load_config(stage, _config_path(spec.get("config"), source)))
             for key, value in _flatten(spec.get("overrides") or {}).items():
                 cfg = merge(cfg, _nest(key, resolve(value, key)), f"{source} stage '{name}'")
             for arg in per_stage[name]:
@@ -194,6 +194,14 @@ def plan(
             p.skip = False
             rerun.add(p.name)
     return planned
+
+
+def _config_path(config: str | None, pipeline_file: str) -> str | None:
+    """A stage config path relative to the pipeline file, else a path/preset as given."""
+    if config is None:
+        return None
+    beside = Path(pipeline_file).parent / config
+    return str(beside) if beside.is_file() else config
 
 
 def _already_done(entry: dict | None, cfg: dict, name: str, manifest: Manifest) -> bool:

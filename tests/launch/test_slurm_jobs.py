@@ -1,0 +1,139 @@
+"""Real jobs on the local one-node SLURM cluster: submit, requeue, 2 tasks, failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.backbone import load_backbone
+from common.rundir import read_metrics
+from launch.__main__ import main
+from launch.records import read_record
+from launch.slurm import job_infos
+from launch.status import collect, format_status
+
+pytestmark = pytest.mark.slurm
+ONE_CPU = "slurm.cpus_per_task=1"
+
+
+def _job_id(run_dir: Path) -> str:
+    return read_record(run_dir)["jobs"][-1]["job_id"]
+
+
+def _wait(run_dir: Path, timeout: float = 240) -> str:
+    """Poll `status` until the run's job ended; returns its state."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        row = collect(run_dir)[0]
+        if row.state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+            return row.state
+        time.sleep(1)
+    raise AssertionError(
+        f"{run_dir} did not finish in {timeout}s: {format_status(collect(run_dir))}"
+    )
+
+
+def test_pretrain_job_runs_on_slurm(slurm_cluster, tiny_pretrain, tmp_path: Path) -> None:
+    out = tmp_path / "pt"
+    code = main(
+        ["pretrain", *tiny_pretrain, "--executor", "slurm", "--output-dir", str(out), ONE_CPU]
+    )
+    assert code == 0
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")][-1] == 8
+    model, _ = load_backbone(out / "export")  # strict load of the exported teacher
+    assert model.embed_dim == 32
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["steps"] == 8
+    job_id = _job_id(out)
+    assert (out / "submitit" / f"{job_id}_0_log.out").is_file()
+    assert "COMPLETED" in format_status(collect(out))
+
+
+def test_requeue_resumes_with_the_same_steps_and_weights(
+    slurm_cluster, tiny_pretrain, tmp_path: Path
+) -> None:
+    """USR2 (SLURM's time-limit warning) mid-run: checkpoint, requeue, resume, same result."""
+    ref, pre = tmp_path / "ref", tmp_path / "pre"
+    steps = "train.max_steps=12"
+    for out in (ref, pre):
+        args = ["pretrain", *tiny_pretrain, "--executor", "slurm", "--no-wait", ONE_CPU, steps]
+        assert main([*args, "--output-dir", str(out)]) == 0
+    job = _job_id(pre)
+    start = time.monotonic()
+    while len(read_metrics(pre / "metrics.jsonl")) < 3:
+        assert time.monotonic() - start < 120, "the job never logged 3 steps"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    assert _wait(pre) == "COMPLETED"
+    assert _wait(ref) == "COMPLETED"
+    info = job_infos([job]).get(job)
+    assert info is not None and info.restarts == 1
+    log = (pre / "log.txt").read_text()
+    assert "resumed from" in log
+    steps_logged = [r["step"] for r in read_metrics(pre / "metrics.jsonl")]
+    assert steps_logged == list(range(1, 13))  # nothing lost, nothing repeated
+    a = torch.load(ref / "export" / "backbone.pth")
+    b = torch.load(pre / "export" / "backbone.pth")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_tasks_init_distributed_from_slurm_variables(slurm_cluster, tmp_path: Path) -> None:
+    import submitit
+
+    from tests.launch.dist_probe import all_reduce_ranks
+
+    ex = submitit.SlurmExecutor(folder=tmp_path / "submitit")
+    ex.update_parameters(ntasks_per_node=2, cpus_per_task=1, time=5, job_name="dist-probe")
+    job = ex.submit(all_reduce_ranks)
+    results = job.results()
+    assert sorted(r["rank"] for r in results) == [0, 1]
+    assert all(r["world_size"] == 2 and r["source"] == "slurm" for r in results)
+    assert all(r["sum"] == 3.0 for r in results)
+    port = 20000 + int(job.job_id) % 20000  # derived from the job id
+    assert {r["master"] for r in results} == {f"{slurm_cluster_host()}:{port}"}
+
+
+def slurm_cluster_host() -> str:
+    return subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+
+
+def test_failing_stage_stops_dependents_and_status_shows_the_log(
+    slurm_cluster, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    tiny = Path(__file__).with_name("pretrain_tiny.yaml")
+    pipe = tmp_path / "fail.yaml"
+    pipe.write_text(
+        f"""
+slurm: {{cpus_per_task: 1}}
+stages:
+  first:
+    stage: pretrain
+    config: {tiny}
+    overrides: {{data.root: {tmp_path}/no_such_dataset}}
+  second:
+    stage: pretrain
+    config: {tiny}
+    after: [first]
+"""
+    )
+    out = tmp_path / "p"
+    code = main(
+        ["pipeline", "--config", str(pipe), "--executor", "slurm", "--output-dir", str(out)]
+    )
+    capsys.readouterr()
+    assert code == 1
+    rows = {r.name: r for r in collect(out)}
+    assert rows["first"].state == "FAILED"
+    assert rows["second"].state in ("CANCELLED", "DEPENDENCY_NEVER_SATISFIED")
+    assert not (out / "second" / "metrics.jsonl").exists()
+    assert main(["status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "first" in text and "FAILED" in text
+    err_log = rows["first"].logs["stderr"]
+    assert err_log in text and "no_such_dataset" in Path(err_log).read_text()
