@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from common.config import Config
@@ -95,8 +96,13 @@ class PseudoLabeler:
         self.prototypes: torch.Tensor | None = None
 
     def attend(self, images: torch.Tensor) -> AttentionOutput:
+        """Attention maps of a batch; ``attention.image_size`` resizes the backbone's input."""
         a = self.cfg.attention
-        return extract_attention(self.model, images.to(self.device), a.source, a.layers)
+        images = images.to(self.device)
+        if a.image_size:
+            size = (a.image_size, a.image_size) if isinstance(a.image_size, int) else a.image_size
+            images = F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False)
+        return extract_attention(self.model, images, a.source, a.layers)
 
     def fit_prototypes(self, batches: Iterator[Batch], num_classes: int) -> dict:
         """Class prototypes from foreground embeddings of labelled images (class_assign)."""

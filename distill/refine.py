@@ -67,21 +67,30 @@ class VariationAwareRefine(nn.Module):
 
     def affinity(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 1, N, H, W] propagation weights over the N dilated neighbours (rows sum to ~1)."""
-        nb = dilated_neighbours(images, self.dilations)
         # Local colour variance from box filters over the neighbourhood's extent: the same
         # contrast normalisation as the variance over the neighbours, at a fraction of the cost.
         k = 2 * max(self.dilations) + 1
         mean = F.avg_pool2d(images, k, stride=1, padding=k // 2, count_include_pad=False)
         sq = F.avg_pool2d(images.square(), k, stride=1, padding=k // 2, count_include_pad=False)
-        var = (sq - mean.square()).clamp_min(0)[:, :, None]
-        # In-place ops on the [B, C, N, H, W] tensor: this is the refine's hot spot on CPU.
-        diff = nb.sub_(images[:, :, None]).square_()
-        diff.div_(var.add_(1e-8).mul_(self.appearance_weight**2))
-        logits = diff.mean(dim=1, keepdim=True).neg_()
+        inv = 1.0 / ((sq - mean.square()).clamp_min(0) + 1e-8) / self.appearance_weight**2
+        inv = inv / images.shape[1]  # the mean over channels
+        var_term = None
         if self.variation_weight > 0:
             v = local_variation(images)
             v = v / v.mean(dim=(-2, -1), keepdim=True).clamp_min(1e-8)
-            logits.sub_(self.variation_weight * dilated_neighbours(v, self.dilations))
+            var_term = dilated_neighbours(self.variation_weight * v, self.dilations)[:, 0]
+        # One neighbour offset at a time: never materialise the [B, C, N, H, W] stack.
+        h, w = images.shape[-2:]
+        m = max(self.dilations)
+        pad = F.pad(images, [m] * 4, mode="replicate")
+        logits = []
+        for d in self.dilations:
+            for dy, dx in _OFFSETS:
+                sl = pad[..., m + dy * d : m + dy * d + h, m + dx * d : m + dx * d + w]
+                logits.append(-((sl - images).square_().mul_(inv)).sum(dim=1))
+        logits = torch.stack(logits, dim=1)[:, None]
+        if var_term is not None:
+            logits = logits - var_term[:, None]
         aff = logits.softmax(dim=2)
         if self.position_weight > 0:
             dist = torch.tensor(
@@ -106,9 +115,28 @@ class VariationAwareRefine(nn.Module):
                 masks, size=images.shape[-2:], mode="bilinear", align_corners=False
             )
         aff = self.affinity(images.float())
+        weights = [w.contiguous() for w in aff.unbind(dim=2)]
         out = masks.float()
         for _ in range(self.num_iter):
-            out = (dilated_neighbours(out, self.dilations) * aff).sum(dim=2)
+            out = self._propagate(out, weights)
+        return out
+
+    def _propagate(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+        """One step: sum over neighbours of weight * value, accumulated in place.
+
+        Same result as ``(dilated_neighbours(x) * aff).sum(2)`` without materialising the
+        [B, K, N, H, W] stack, which makes the refine several times faster on a CPU.
+        """
+        h, w = x.shape[-2:]
+        m = max(self.dilations)
+        pad = F.pad(x, [m] * 4, mode="replicate")
+        out = torch.zeros_like(x)
+        k = 0
+        for d in self.dilations:
+            for dy, dx in _OFFSETS:
+                sl = pad[..., m + dy * d : m + dy * d + h, m + dx * d : m + dx * d + w]
+                out.addcmul_(sl, weights[k])
+                k += 1
         return out
 
 
