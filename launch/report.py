@@ -13,9 +13,10 @@ from common.rundir import read_metrics
 
 log = logging.getLogger(__name__)
 MAX_COLUMNS = 8
+METRIC_WORDS = ("iou", "acc", "top1", "exact", "map", "knn", "f1")
 
 
-def flat_numbers(summary: Mapping, prefix: str = "", depth: int = 2) -> dict[str, float]:
+def flat_numbers(summary: Mapping, prefix: str = "", depth: int = 4) -> dict[str, float]:
     """Numeric scalars of a summary dict as dotted keys (nested up to ``depth`` levels)."""
     out: dict[str, float] = {}
     for key, value in summary.items():
@@ -39,6 +40,11 @@ def read_summary(run_dir: Path) -> dict:
         return {}
 
 
+def _is_metric(key: str) -> bool:
+    leaf = key.rsplit(".", 1)[-1].lower()
+    return any(word in leaf for word in METRIC_WORDS)
+
+
 def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
@@ -48,7 +54,8 @@ def results_table(rows: list[tuple[str, str, dict]]) -> str:
     lines = ["| stage | state | results |", "| --- | --- | --- |"]
     for name, state, summary in rows:
         numbers = flat_numbers(summary)
-        shown = list(numbers.items())[:MAX_COLUMNS]
+        # Quality numbers first (mIoU, accuracy, ...), book-keeping (steps, seconds) after.
+        shown = sorted(numbers.items(), key=lambda kv: not _is_metric(kv[0]))[:MAX_COLUMNS]
         text = ", ".join(f"{k}={_fmt(v)}" for k, v in shown) or "-"
         if len(numbers) > MAX_COLUMNS:
             text += f", ... ({len(numbers) - MAX_COLUMNS} more in results.json)"

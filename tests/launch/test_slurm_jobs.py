@@ -137,3 +137,51 @@ stages:
     assert "first" in text and "FAILED" in text
     err_log = rows["first"].logs["stderr"]
     assert err_log in text and "no_such_dataset" in Path(err_log).read_text()
+
+
+def test_pipeline_chains_three_jobs_with_afterok_and_a_manifest(
+    slurm_cluster, fashion_scenes_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    pipe = Path(__file__).with_name("pipeline_tiny.yaml")
+    out = tmp_path / "pipe"
+    roots = [f"{s}.data.root={fashion_scenes_root}" for s in ("pretrain", "distill", "fewshot")]
+    args = ["pipeline", "--config", str(pipe), "--executor", "slurm", "--output-dir", str(out)]
+    assert main([*args, *roots]) == 0
+    printed = capsys.readouterr().out
+    assert "| fewshot | COMPLETED |" in printed and "report.md" in printed
+    manifest = json.loads((out / "manifest.json").read_text())["stages"]
+    ids = {name: manifest[name]["job_id"] for name in ("pretrain", "distill", "fewshot")}
+    for name, after in (("distill", ["pretrain"]), ("fewshot", ["pretrain", "distill"])):
+        script = (out / name / "submitit" / f"{ids[name]}_submission.sh").read_text()
+        deps = ":".join(ids[a] for a in after)
+        assert f"#SBATCH --dependency=afterok:{deps}" in script
+    export = manifest["pretrain"]["produces"]["export"]
+    assert export["path"] == str(out.resolve() / "pretrain" / "export")
+    assert manifest["distill"]["consumes"]["backbone"]["sha256"] == export["sha256"]
+    masks = manifest["distill"]["produces"]["pseudo_masks"]["path"]
+    assert manifest["fewshot"]["consumes"]["pseudo_masks"]["path"] == masks
+    assert manifest["fewshot"]["config"]["supervision"] == "weak"
+    assert all(manifest[n]["status"] == "completed" for n in ids)
+    report = (out / "report.md").read_text()
+    assert "figures/pretrain_loss.png" in report and "episodes_1way.png" in report
+
+    # Re-running skips completed stages; an artifact edited since is refused before submitting.
+    (out / "pretrain" / "export" / "backbone.json").write_text("{}")
+    assert main([*args, *roots]) == 2
+    assert "changed after it was produced" in capsys.readouterr().err
+    assert (
+        json.loads((out / "manifest.json").read_text())["stages"]["distill"]["job_id"]
+        == ids["distill"]
+    )
+
+
+def test_sweep_is_one_job_array(slurm_cluster, tiny_pretrain, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sweep"
+    args = ["sweep", "--stage", "pretrain", *tiny_pretrain, "--executor", "slurm", ONE_CPU]
+    assert main([*args, "--output-dir", str(out), "train.max_steps=2", "seed=0,1"]) == 0
+    assert capsys.readouterr().out.count("| 2 |") == 2
+    points = json.loads((out / "sweep.json").read_text())["points"]
+    ids = [p["job"]["job_id"] for p in points]
+    base = ids[0].split("_")[0]
+    assert ids == [f"{base}_0", f"{base}_1"]
+    assert "#SBATCH --array=0-1%2" in (out / "submitit" / f"{base}_submission.sh").read_text()

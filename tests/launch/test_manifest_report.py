@@ -1,0 +1,99 @@
+"""Manifest checksums, the pipeline report and the sweep's axes and summary table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from common.rundir import MetricsLogger
+from launch.__main__ import main
+from launch.manifest import ArtifactError, Manifest, sha256_path
+from launch.report import flat_numbers, write_report
+from launch.sweep import parse_axes, point_name
+
+
+def test_folder_checksum_sees_content_and_names(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.txt").write_text("1")
+    first = sha256_path(tmp_path / "a")
+    assert sha256_path(tmp_path / "a") == first
+    (tmp_path / "a" / "x.txt").write_text("2")
+    second = sha256_path(tmp_path / "a")
+    assert second != first
+    (tmp_path / "a" / "x.txt").rename(tmp_path / "a" / "y.txt")
+    assert sha256_path(tmp_path / "a") not in (first, second)
+
+
+def test_consumer_refuses_an_artifact_changed_after_it_was_produced(tmp_path: Path) -> None:
+    export = tmp_path / "pretrain" / "export"
+    export.mkdir(parents=True)
+    (export / "backbone.pth").write_bytes(b"weights")
+    manifest = Manifest(tmp_path)
+    manifest.record_outputs("pretrain", {"export": export}, {"steps": 3})
+    spec = {"path": str(export), "producer": "pretrain", "artifact": "export"}
+    manifest.update_stage("distill", consumes={"backbone": spec})
+    consumed = manifest.verify_inputs("distill")
+    assert consumed["backbone"]["sha256"] == sha256_path(export)
+    (export / "backbone.pth").write_bytes(b"tampered")
+    with pytest.raises(ArtifactError, match="changed after stage 'pretrain' produced it"):
+        manifest.verify_inputs("distill")
+
+
+def test_consumer_refuses_an_artifact_never_recorded(tmp_path: Path) -> None:
+    (tmp_path / "exp").mkdir()
+    manifest = Manifest(tmp_path)
+    spec = {"path": str(tmp_path / "exp"), "producer": "pretrain", "artifact": "export"}
+    manifest.update_stage("distill", consumes={"backbone": spec})
+    with pytest.raises(ArtifactError, match="has not recorded it"):
+        manifest.verify_inputs("distill")
+
+
+def test_report_plots_losses_and_links_stage_figures(tmp_path: Path) -> None:
+    run = tmp_path / "pretrain"
+    (run / "figures").mkdir(parents=True)
+    logger = MetricsLogger(run / "metrics.jsonl")
+    for step in range(1, 6):
+        logger.log(step, loss=5.0 / step, loss_dino=4.0 / step, lr=1e-3)
+    Image.new("RGB", (8, 8)).save(run / "figures" / "attention.png")
+    (run / "results.json").write_text(json.dumps({"knn": {"top1": 0.5}, "steps": 5, "ok": True}))
+    table, report = write_report(
+        tmp_path,
+        [{"name": "pretrain", "stage": "pretrain", "state": "COMPLETED", "run_dir": str(run)}],
+    )
+    assert "knn.top1=0.5" in table and "steps=5" in table and "ok=" not in table
+    text = report.read_text()
+    assert "![pretrain loss](figures/pretrain_loss.png)" in text
+    assert "(pretrain/figures/attention.png)" in text
+    assert (tmp_path / "figures" / "pretrain_loss.png").stat().st_size > 1000
+
+
+def test_flat_numbers_skips_non_finite_and_text() -> None:
+    assert flat_numbers({"a": 1, "b": float("nan"), "c": "x", "d": {"e": 2.5}}) == {
+        "a": 1.0,
+        "d.e": 2.5,
+    }
+
+
+def test_sweep_axes_keep_yaml_lists_whole() -> None:
+    axes, fixed = parse_axes(["train.lr=1e-3,1e-4", "crops.global_scale=[0.4,1.0]", "seed=0,1,2"])
+    assert axes == {"train.lr": ["1e-3", "1e-4"], "seed": ["0", "1", "2"]}
+    assert fixed == ["crops.global_scale=[0.4,1.0]"]
+    assert point_name({"train.lr": "1e-3", "data.root": "/x y"}) == "train.lr=1e-3_data.root=-x-y"
+
+
+def test_inline_sweep_runs_every_point_and_prints_a_table(
+    tiny_pretrain: list[str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "sweep"
+    args = ["sweep", "--stage", "pretrain", *tiny_pretrain, "--executor", "inline"]
+    assert main([*args, "--output-dir", str(out), "train.max_steps=2", "seed=0,1"]) == 0
+    table = capsys.readouterr().out
+    assert "| seed | steps" in table
+    assert table.count("| 2 |") == 2  # both points ran their 2 steps
+    record = json.loads((out / "sweep.json").read_text())
+    assert [p["point"] for p in record["points"]] == [{"seed": "0"}, {"seed": "1"}]
+    for p in record["points"]:
+        assert (Path(p["run_dir"]) / "export" / "backbone.pth").is_file()
