@@ -1,0 +1,127 @@
+"""Image pools for FS-CS: per-image frozen features, masks and image-level labels in memory.
+
+Episodes index into a pool, so one backbone pass per image serves every episode (features
+are cached on disk by ``fewshot.features``). Masks are held at the network input size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+
+from common.datasets.errors import DatasetNotFoundError
+from common.datasets.palette import read_mask
+from common.datasets.voc import VOCSegmentation, labels_of_mask
+from fewshot.features import FrozenBackbone, cached, extract
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImagePool:
+    """Images of one split: ``tokens`` [N, L, 1 + h*w, C] (head-normalised, fp16),
+    ``masks`` uint8 [N, H, W] (the supervision source), ``gt`` uint8 [N, H, W] (ground
+    truth), ``labels`` ground-truth image-level labels, ``dataset`` for reading images."""
+
+    ids: list[str]
+    tokens: torch.Tensor
+    masks: torch.Tensor
+    gt: torch.Tensor
+    labels: list[list[int]]
+    dataset: Dataset
+
+    def image(self, index: int) -> torch.Tensor:
+        return self.dataset[index]["image"]
+
+
+def open_split(root: str | Path, split: str, image_size: int, max_images: int | None) -> Dataset:
+    """The first ``max_images`` items of a VOC-layout split, resized to ``image_size``."""
+    ds = VOCSegmentation(root, split, image_size=image_size)
+    if max_images is not None and max_images < len(ds):
+        return Subset(ds, range(max_images))
+    return ds
+
+
+def base_dataset(ds: Dataset) -> VOCSegmentation:
+    """The VOCSegmentation under an optional Subset."""
+    return ds.dataset if isinstance(ds, Subset) else ds
+
+
+def split_ids(ds: Dataset) -> list[str]:
+    base = base_dataset(ds)
+    return [base.ids[i] for i in ds.indices] if isinstance(ds, Subset) else list(base.ids)
+
+
+def load_masks(ids: list[str], folder: Path, size: int, what: str) -> torch.Tensor:
+    """uint8 [N, size, size] masks ``<folder>/<id>.png`` (nearest resize); every id must exist."""
+    if not folder.is_dir():
+        raise DatasetNotFoundError(f"{what} folder {folder} does not exist")
+    present = {p.name for p in folder.iterdir()}
+    missing = [i for i in ids if f"{i}.png" not in present]
+    if missing:
+        raise DatasetNotFoundError(
+            f"{what} folder {folder} lacks masks for {len(missing)} of {len(ids)} images "
+            f"(e.g. {', '.join(m + '.png' for m in missing[:5])}); re-run the distill stage on "
+            "this dataset split, or point pseudo_masks at the matching run"
+        )
+    out = np.empty((len(ids), size, size), dtype=np.uint8)
+    for n, name in enumerate(ids):
+        mask = read_mask(folder / f"{name}.png")
+        if mask.shape != (size, size):
+            mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))
+        out[n] = mask
+    return torch.from_numpy(out)
+
+
+def cache_key(ds: Dataset, kind: str, **extra: object) -> tuple[str, dict]:
+    """Cache file name and record of features of ``kind`` for a split (root, ids, size)."""
+    base = base_dataset(ds)
+    ids = split_ids(ds)
+    record = {
+        "kind": kind,
+        "root": str(Path(base.root).resolve()),
+        "split": base.split,
+        "image_size": list(base.image_size or ()),
+        "ids_sha": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16],
+        **extra,
+    }
+    key = hashlib.sha256(repr(sorted(record.items())).encode()).hexdigest()[:10]
+    return f"{kind}_{base.split}_{key}", record
+
+
+def build_pool(
+    ds: Dataset,
+    backbone: FrozenBackbone,
+    layers: list[int],
+    cache_dir: str | Path,
+    mask_dir: Path | None,
+    batch_size: int,
+) -> ImagePool:
+    """Features (cached), supervision masks (GT or ``mask_dir``), GT masks and labels."""
+    base = base_dataset(ds)
+    ids = split_ids(ds)
+    size = base.image_size[0]
+    name, record = cache_key(ds, "layer_tokens", layers=list(layers))
+    tokens = cached(
+        cache_dir,
+        backbone.hash,
+        name,
+        record,
+        lambda: extract(
+            ds,
+            lambda x: {"tokens": backbone.layer_tokens(x, layers)},
+            batch_size,
+            desc=f"features {base.split}",
+        ),
+    )["tokens"]
+    gt = load_masks(ids, base.gt_mask_dir, size, "ground-truth mask")
+    masks = gt if mask_dir is None else load_masks(ids, Path(mask_dir), size, "pseudo-mask")
+    labels = [labels_of_mask(m) for m in gt.numpy()]
+    return ImagePool(ids=ids, tokens=tokens, masks=masks, gt=gt, labels=labels, dataset=ds)

@@ -1,0 +1,116 @@
+"""N-way K-shot FS-CS episodes whose query may hold none, some or all of the N classes.
+
+Protocol (after CST / the FS-CS setting of Kang & Cho, 2022): a query image is drawn from
+the images that show at least one class of the pool; each of the N support classes is,
+with probability ``presence_prior`` (0.5 in the reference), one the query shows, otherwise
+one it does not show; K support images per class are drawn among the other images showing
+that class. Images that show an ``excluded`` class (the test fold, during training) are left
+out entirely, so those classes are never seen. Evaluation episodes come from
+``episode(index)``: seeded by index, every run and every model sees the same ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class EpisodeError(ValueError):
+    """An episode setting the data cannot satisfy; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Episode:
+    """Indices into the image pool: one query, ``supports[n]`` = K images of ``classes[n]``."""
+
+    query: int
+    classes: tuple[int, ...]
+    supports: tuple[tuple[int, ...], ...]
+    presence: tuple[bool, ...]
+
+
+class EpisodeSampler:
+    """Samples episodes over images with known image-level labels."""
+
+    def __init__(
+        self,
+        labels: Sequence[Sequence[int]],
+        classes: Sequence[int],
+        way: int,
+        shot: int,
+        presence_prior: float = 0.5,
+        exclude: Sequence[int] = (),
+        images: Sequence[int] | None = None,
+        seed: int = 0,
+        name: str = "episodes",
+    ) -> None:
+        self.classes = sorted(int(c) for c in classes)
+        self.way, self.shot, self.prior, self.seed = int(way), int(shot), presence_prior, seed
+        excluded = set(int(c) for c in exclude)
+        if excluded & set(self.classes):
+            raise EpisodeError(
+                f"{name}: classes {sorted(excluded & set(self.classes))} are both episode "
+                "classes and excluded"
+            )
+        if not 0.0 <= presence_prior <= 1.0:
+            raise EpisodeError(f"{name}: presence_prior must be in [0, 1], got {presence_prior}")
+        if self.way < 1 or self.shot < 1:
+            raise EpisodeError(f"{name}: way and shot must be >= 1, got way={way} shot={shot}")
+        if self.way > len(self.classes):
+            raise EpisodeError(
+                f"{name}: way={way} but the fold has only {len(self.classes)} classes "
+                f"{self.classes}; use way <= {len(self.classes)}"
+            )
+        pool = range(len(labels)) if images is None else images
+        cls_set = set(self.classes)
+        self.labels = {i: cls_set & set(labels[i]) for i in pool if not excluded & set(labels[i])}
+        self.queries = np.array(sorted(i for i, ls in self.labels.items() if ls))
+        self.by_class = {
+            c: np.array(sorted(i for i, ls in self.labels.items() if c in ls)) for c in self.classes
+        }
+        short = {c: len(v) for c, v in self.by_class.items() if len(v) < self.shot + 1}
+        if short:
+            raise EpisodeError(
+                f"{name}: shot={shot} needs at least {self.shot + 1} images per class (the "
+                f"supports plus a query), but classes {short} (class: images) have fewer; "
+                "lower shot or use more images (data.max_*_images)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def _pick_classes(self, rng: np.random.Generator, query: int) -> list[int]:
+        present = [c for c in self.classes if c in self.labels[query]]
+        absent = [c for c in self.classes if c not in self.labels[query]]
+        chosen: list[int] = []
+        for _ in range(self.way):
+            want_present = rng.random() < self.prior
+            pools = (present, absent) if want_present else (absent, present)
+            source = pools[0] if pools[0] else pools[1]
+            chosen.append(source.pop(int(rng.integers(len(source)))))
+        return chosen
+
+    def sample(self, rng: np.random.Generator) -> Episode:
+        """One episode drawn with ``rng``."""
+        query = int(self.queries[rng.integers(len(self.queries))])
+        classes = self._pick_classes(rng, query)
+        supports = []
+        for c in classes:
+            candidates = self.by_class[c][self.by_class[c] != query]
+            supports.append(tuple(int(i) for i in rng.choice(candidates, self.shot, replace=False)))
+        return Episode(
+            query=query,
+            classes=tuple(classes),
+            supports=tuple(supports),
+            presence=tuple(c in self.labels[query] for c in classes),
+        )
+
+    def episode(self, index: int) -> Episode:
+        """The ``index``-th fixed episode (seeded by ``(seed, index)``)."""
+        return self.sample(np.random.default_rng([self.seed, index]))
+
+    def fixed(self, count: int) -> list[Episode]:
+        """The first ``count`` fixed episodes (validation / test)."""
+        return [self.episode(i) for i in range(count)]

@@ -1,0 +1,1 @@
+"""Low-shot probes on frozen features: logistic regression, k-NN, multi-label, segmentation."""
