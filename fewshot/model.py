@@ -96,7 +96,7 @@ def loss_fn(
     cls_loss = F.cross_entropy(presence_logits, batch["presence"])
     seg_loss = F.cross_entropy(mask_logits, batch["target"], ignore_index=IGNORE_INDEX)
     total = cls_weight * cls_loss + seg_weight * seg_loss
-    return total, {"cls_loss": float(cls_loss), "seg_loss": float(seg_loss)}
+    return total, {"cls_loss": float(cls_loss.detach()), "seg_loss": float(seg_loss.detach())}
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,11 @@ import torch
 from common.backbone import build_backbone, export_backbone
 from common.config import Config, ConfigError
 from common.datasets import folds
+from common.datasets.errors import DatasetNotFoundError
 from common.rundir import MetricsLogger, RunDir
 from common.runtime import resolve_device
-from fewshot.data import ImagePool, build_pool, load_masks, open_split
-from fewshot.episodes import EpisodeError, EpisodeSampler
+from fewshot.data import ImagePool, base_dataset, build_pool, load_masks, open_split
+from fewshot.episodes import Episode, EpisodeError, EpisodeSampler
 from fewshot.evaluate import assemble, score
 from fewshot.features import FrozenBackbone
 from fewshot.model import FSCSModel, episode_probabilities
@@ -100,8 +102,154 @@ def _layers(cfg: Config, depth: int) -> list[int]:
     return [layer % depth for layer in layers]
 
 
+@dataclass
+class EpisodeSets:
+    """Training sampler plus the fixed validation and test episodes of a run."""
+
+    train: EpisodeSampler
+    val: list[Episode]
+    test: dict[int, list[Episode]]  # way -> episodes
+
+
+def make_episodes(
+    cfg: Config,
+    train_pool: ImagePool,
+    test_pool: ImagePool,
+    test_classes: list[int],
+    train_classes: list[int],
+) -> EpisodeSets:
+    """Split the training images into fit / validation and draw every episode set."""
+    n = len(train_pool.ids)
+    perm = np.random.default_rng(cfg.episodes.seed).permutation(n)
+    n_val = max(1, int(round(cfg.data.val_fraction * n)))
+    val_idx, fit_idx = sorted(perm[:n_val].tolist()), sorted(perm[n_val:].tolist())
+    common_kw = dict(
+        labels=train_pool.labels, presence_prior=cfg.episodes.presence_prior, exclude=test_classes
+    )
+    train = _sampler(
+        "training episodes",
+        classes=train_classes,
+        way=1,
+        shot=1,
+        images=fit_idx,
+        seed=cfg.seed,
+        **common_kw,
+    )
+    # Validation uses the training classes with >= 2 held-out images (support + query).
+    counts = {c: sum(c in train_pool.labels[i] for i in val_idx) for c in train_classes}
+    val_classes = [c for c, k in counts.items() if k >= 2]
+    if not val_classes:
+        raise ConfigError(
+            f"no training class has 2 images among the {n_val} held-out validation images "
+            f"(counts {counts}); raise data.val_fraction or use more images"
+        )
+    val = _sampler(
+        "validation episodes",
+        classes=val_classes,
+        way=1,
+        shot=1,
+        images=val_idx,
+        seed=cfg.episodes.seed,
+        **common_kw,
+    ).fixed(cfg.episodes.val_episodes)
+    test = {}
+    for way in sorted({1, cfg.way}):
+        sampler = _sampler(
+            f"{way}-way {cfg.shot}-shot test episodes",
+            labels=test_pool.labels,
+            classes=test_classes,
+            way=way,
+            shot=cfg.shot,
+            presence_prior=cfg.episodes.presence_prior,
+            seed=cfg.episodes.seed + way,
+        )
+        test[way] = sampler.fixed(cfg.episodes.test_episodes)
+    log.info(
+        "fold %d: training classes %s on %d images (%d held out for validation, classes %s); "
+        "test classes %s on %d query images",
+        cfg.fold,
+        train_classes,
+        len(train),
+        n_val,
+        val_classes,
+        test_classes,
+        len(sampler),
+    )
+    return EpisodeSets(train=train, val=val, test=test)
+
+
+def fit_head(
+    cfg: Config,
+    bb: FrozenBackbone,
+    layers: list[int],
+    pool: ImagePool,
+    episodes: EpisodeSets,
+    run: RunDir,
+    tag: str,
+    num_classes: int,
+) -> tuple[FSCSModel, dict]:
+    """Build the head for backbone ``bb`` and train it (resuming from its last.pt)."""
+    torch.manual_seed(cfg.seed)
+    model = FSCSModel(
+        num_layers=len(layers),
+        num_heads=bb.num_heads,
+        patch_size=bb.patch_size,
+        image_size=cfg.data.image_size,
+        channels=cfg.head.channels,
+        pool_sizes=cfg.head.pool_sizes,
+        attn_heads=cfg.head.attn_heads,
+    ).to(bb.device)
+
+    def validate(m: FSCSModel) -> float:
+        probs = episode_probabilities(m, pool, episodes.val, bb.device, cfg.eval.batch_size)
+        return score(episodes.val, probs, pool.masks, num_classes)["miou"]
+
+    settings = TrainSettings(
+        max_steps=int(cfg.train.max_steps),
+        batch_size=cfg.train.batch_size,
+        lr=cfg.train.lr,
+        weight_decay=cfg.train.weight_decay,
+        cls_weight=cfg.train.cls_weight,
+        seg_weight=cfg.train.seg_weight,
+        eval_every=cfg.train.eval_every,
+        ckpt_every=cfg.train.ckpt_every,
+        seed=cfg.seed,
+    )
+    info = train_head(
+        model,
+        pool,
+        episodes.train,
+        validate,
+        settings,
+        run.checkpoints / tag,
+        MetricsLogger(run.metrics),
+        bb.device,
+        tag,
+    )
+    return model, info
+
+
+def load_pools(
+    cfg: Config, bb: FrozenBackbone, layers: list[int], train_ds, test_ds, mask_dir, cache_dir
+) -> tuple[ImagePool, ImagePool, ImagePool]:
+    """(training pool, test pool, pool the test supports' masks come from)."""
+    bs = cfg.data.feature_batch_size
+    try:
+        train_pool = build_pool(train_ds, bb, layers, cache_dir, mask_dir, bs)
+        test_pool = build_pool(test_ds, bb, layers, cache_dir, None, bs)
+        support_pool = test_pool
+        if cfg.episodes.eval_support_masks == "train" and mask_dir is not None:
+            masks = load_masks(test_pool.ids, mask_dir, cfg.data.image_size, "pseudo-mask")
+            support_pool = replace(test_pool, masks=masks)
+    except DatasetNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
+    return train_pool, test_pool, support_pool
+
+
 def run(cfg: Config, run: RunDir) -> dict:
     test_classes, train_classes = check_setting(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     mask_dir = (
         None
@@ -109,28 +257,17 @@ def run(cfg: Config, run: RunDir) -> dict:
         else resolve_pseudo_masks(cfg.pseudo_masks, cfg.supervision)
     )
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run.root / "cache"
-    train_ds = open_split(
-        cfg.data.root, cfg.data.train_split, cfg.data.image_size, cfg.data.max_train_images
-    )
-    test_ds = open_split(
-        cfg.data.root, cfg.data.test_split, cfg.data.image_size, cfg.data.max_test_images
-    )
-    num_classes = len(getattr(train_ds, "dataset", train_ds).class_names)
-    class_names = getattr(train_ds, "dataset", train_ds).class_names
-    metrics = MetricsLogger(run.metrics)
+    size = cfg.data.image_size
+    train_ds = open_split(cfg.data.root, cfg.data.train_split, size, cfg.data.max_train_images)
+    test_ds = open_split(cfg.data.root, cfg.data.test_split, size, cfg.data.max_test_images)
+    class_names = base_dataset(train_ds).class_names
+    num_classes = len(class_names)
 
     backbones = {"head": FrozenBackbone(cfg.backbone, device)}
     if cfg.baselines.random_backbone:
         rand_dir = random_export(backbones["head"], run.root / "random_backbone", cfg.seed)
         backbones["random_head"] = FrozenBackbone(rand_dir, device)
     layers = _layers(cfg, backbones["head"].depth)
-
-    # Held-out validation images of the training split (fixed by episodes.seed).
-    n_train = len(train_ds)
-    perm = np.random.default_rng(cfg.episodes.seed).permutation(n_train)
-    n_val = max(1, int(round(cfg.data.val_fraction * n_train)))
-    val_idx, fit_idx = sorted(perm[:n_val].tolist()), sorted(perm[n_val:].tolist())
-
     results: dict = {
         "setting": {
             "fold": cfg.fold,
@@ -144,148 +281,74 @@ def run(cfg: Config, run: RunDir) -> dict:
         "train": {},
         "test": {},
     }
-    ways = sorted({1, cfg.way})
-    test_sets: dict[int, list] = {}
-    val_eps = None
-    all_scores: dict[str, dict[int, list]] = {}
-    pools: dict[str, tuple[ImagePool, ImagePool, ImagePool]] = {}
+    episodes: EpisodeSets | None = None
+    pools, scores = {}, {}
     for tag, bb in backbones.items():
-        bs = cfg.data.feature_batch_size
-        train_pool = build_pool(train_ds, bb, layers, cache_dir, mask_dir, bs)
-        test_pool = build_pool(test_ds, bb, layers, cache_dir, None, bs)
-        support_pool = test_pool
-        if cfg.episodes.eval_support_masks == "train" and mask_dir is not None:
-            support_pool = ImagePool(
-                **{
-                    **vars(test_pool),
-                    "masks": load_masks(
-                        test_pool.ids, mask_dir, cfg.data.image_size, "pseudo-mask"
-                    ),
-                }
-            )
-        pools[tag] = (train_pool, test_pool, support_pool)
-        if val_eps is None:
-            common_kw = dict(
-                labels=train_pool.labels,
-                classes=train_classes,
-                presence_prior=cfg.episodes.presence_prior,
-                exclude=test_classes,
-            )
-            train_sampler = _sampler(
-                "training episodes", way=1, shot=1, images=fit_idx, seed=cfg.seed, **common_kw
-            )
-            val_sampler = _sampler(
-                "validation episodes",
-                way=1,
-                shot=1,
-                images=val_idx,
-                seed=cfg.episodes.seed,
-                **common_kw,
-            )
-            val_eps = val_sampler.fixed(cfg.episodes.val_episodes)
-            for way in ways:
-                test_sets[way] = _sampler(
-                    f"{way}-way {cfg.shot}-shot test episodes",
-                    labels=test_pool.labels,
-                    classes=test_classes,
-                    way=way,
-                    shot=cfg.shot,
-                    presence_prior=cfg.episodes.presence_prior,
-                    seed=cfg.episodes.seed + way,
-                ).fixed(cfg.episodes.test_episodes)
-            log.info(
-                "fold %d: train classes %s (%d images, %d held out for validation), test "
-                "classes %s (%d query images)",
-                cfg.fold,
-                train_classes,
-                len(train_sampler),
-                len(val_sampler),
-                test_classes,
-                len(test_sets[ways[0]]),
-            )
-
-        torch.manual_seed(cfg.seed)
-        model = FSCSModel(
-            num_layers=len(layers),
-            num_heads=bb.num_heads,
-            patch_size=bb.patch_size,
-            image_size=cfg.data.image_size,
-            channels=cfg.head.channels,
-            pool_sizes=cfg.head.pool_sizes,
-            attn_heads=cfg.head.attn_heads,
-        ).to(device)
-
-        def validate(m: FSCSModel, _pool: ImagePool = train_pool, _eps: list = val_eps) -> float:
-            probs = episode_probabilities(m, _pool, _eps, device, cfg.eval.batch_size)
-            return score(_eps, probs, _pool.masks, num_classes)["miou"]
-
-        settings = TrainSettings(
-            max_steps=int(cfg.train.max_steps),
-            batch_size=cfg.train.batch_size,
-            lr=cfg.train.lr,
-            weight_decay=cfg.train.weight_decay,
-            cls_weight=cfg.train.cls_weight,
-            seg_weight=cfg.train.seg_weight,
-            eval_every=cfg.train.eval_every,
-            ckpt_every=cfg.train.ckpt_every,
-            seed=cfg.seed,
+        pools[tag] = load_pools(cfg, bb, layers, train_ds, test_ds, mask_dir, cache_dir)
+        train_pool, test_pool, support_pool = pools[tag]
+        if episodes is None:
+            episodes = make_episodes(cfg, train_pool, test_pool, test_classes, train_classes)
+        model, results["train"][tag] = fit_head(
+            cfg, bb, layers, train_pool, episodes, run, tag, num_classes
         )
-        results["train"][tag] = train_head(
-            model,
-            train_pool,
-            train_sampler,
-            validate,
-            settings,
-            run.checkpoints / tag,
-            metrics,
-            device,
-            tag,
-        )
-        all_scores[tag] = {
-            way: episode_probabilities(
+        scores[tag] = {}
+        for way, eps in episodes.test.items():
+            scores[tag][way] = episode_probabilities(
                 model, test_pool, eps, device, cfg.eval.batch_size, support_pool
             )
-            for way, eps in test_sets.items()
-        }
-        for way, eps in test_sets.items():
             results["test"].setdefault(f"{way}way", {})[tag] = score(
-                eps, all_scores[tag][way], test_pool.gt, num_classes
+                eps, scores[tag][way], test_pool.gt, num_classes
             )
 
     if cfg.baselines.prototype:
-        train_pool, test_pool, support_pool = pools["head"]
-        ps = backbones["head"].patch_size
-        val_scores = prototype_scores(train_pool, val_eps, ps)
-        t_cls, t_seg = choose_thresholds(val_eps, val_scores, train_pool.masks, num_classes)
-        results["train"]["prototype"] = {"cls_threshold": t_cls, "seg_threshold": t_seg}
-        for way, eps in test_sets.items():
-            s = prototype_scores(test_pool, eps, ps, support_pool)
-            results["test"][f"{way}way"]["prototype"] = score(
-                eps, s, test_pool.gt, num_classes, t_cls, t_seg
-            )
-
+        results["train"]["prototype"] = prototype_baseline(
+            episodes, pools["head"], backbones["head"].patch_size, num_classes, results["test"]
+        )
     if cfg.eval.visualize:
-        _, test_pool, support_pool = pools["head"]
-        for way, eps in test_sets.items():
-            k = min(cfg.eval.visualize, len(eps))
-            preds, pres = [], []
-            for ep, (p, fg) in zip(eps[:k], all_scores["head"][way][:k], strict=True):
-                present, labels = assemble(p, fg, 0.5, 0.5)
-                preds.append(torch.tensor([0, *ep.classes])[labels])
-                pres.append(present)
-            episode_grid(
-                run.figures / f"episodes_{way}way.png",
-                test_pool,
-                support_pool,
-                eps[:k],
-                preds,
-                pres,
-                class_names,
-            )
-
+        draw_episodes(cfg, run, episodes, pools["head"], scores["head"], class_names)
     (run.root / "results.json").write_text(json.dumps(results, indent=2))
     print(format_table(results))
     return results
+
+
+def prototype_baseline(
+    episodes: EpisodeSets,
+    pools: tuple[ImagePool, ImagePool, ImagePool],
+    patch_size: int,
+    num_classes: int,
+    test_results: dict,
+) -> dict:
+    """Thresholds from the validation episodes, then test scores into ``test_results``."""
+    train_pool, test_pool, support_pool = pools
+    val_scores = prototype_scores(train_pool, episodes.val, patch_size)
+    t_cls, t_seg = choose_thresholds(episodes.val, val_scores, train_pool.masks, num_classes)
+    for way, eps in episodes.test.items():
+        s = prototype_scores(test_pool, eps, patch_size, support_pool)
+        test_results[f"{way}way"]["prototype"] = score(
+            eps, s, test_pool.gt, num_classes, t_cls, t_seg
+        )
+    return {"cls_threshold": t_cls, "seg_threshold": t_seg}
+
+
+def draw_episodes(
+    cfg: Config,
+    run: RunDir,
+    episodes: EpisodeSets,
+    pools: tuple[ImagePool, ImagePool, ImagePool],
+    scores: dict,
+    class_names: list[str],
+) -> None:
+    """figures/episodes_<way>way.png for the first ``eval.visualize`` test episodes."""
+    _, test_pool, support_pool = pools
+    for way, eps in episodes.test.items():
+        k = min(cfg.eval.visualize, len(eps))
+        preds, pres = [], []
+        for ep, (p, fg) in zip(eps[:k], scores[way][:k], strict=True):
+            present, labels = assemble(p, fg, 0.5, 0.5)
+            preds.append(torch.tensor([0, *ep.classes])[labels])
+            pres.append(present)
+        path = run.figures / f"episodes_{way}way.png"
+        episode_grid(path, test_pool, support_pool, eps[:k], preds, pres, class_names)
 
 
 def format_table(results: dict) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -9,6 +11,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
 from common.metrics import mean_average_precision
+
+log = logging.getLogger(__name__)
 
 
 def label_matrix(labels: Sequence[Sequence[int]], classes: Sequence[int]) -> np.ndarray:
@@ -29,14 +33,26 @@ def multilabel_probe(
     c: float,
     max_iter: int,
 ) -> dict:
-    """mAP on the test images of a one-vs-rest logistic regression (each class needs a
-    positive and a negative training image)."""
+    """mAP on the test images of a one-vs-rest logistic regression.
+
+    A class present in all or none of the training images gets a constant score (chance AP);
+    the result lists such classes under ``constant_classes``.
+    """
     trivial = [i for i in range(y_train.shape[1]) if y_train[:, i].min() == y_train[:, i].max()]
     if trivial:
-        raise ValueError(
-            f"multi-label probe: classes at columns {trivial} are present in all or none of the "
-            f"{len(y_train)} training images; label more images (multilabel.percent)"
+        log.warning(
+            "multi-label probe: class columns %s are present in all or none of the %d training "
+            "images and get a constant score; label more images (multilabel.percent)",
+            trivial,
+            len(y_train),
         )
-    model = OneVsRestClassifier(LogisticRegression(C=c, max_iter=max_iter)).fit(x_train, y_train)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Label .* is present in all training examples")
+        model = OneVsRestClassifier(LogisticRegression(C=c, max_iter=max_iter))
+        model.fit(x_train, y_train)
     scores = model.predict_proba(x_test)
-    return {"mAP": mean_average_precision(scores, y_test), "train_images": int(len(y_train))}
+    return {
+        "mAP": mean_average_precision(scores, y_test),
+        "train_images": int(len(y_train)),
+        "constant_classes": trivial,
+    }

@@ -8,24 +8,33 @@ existing split file is read back, never redrawn.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 
 def draw_split(labels: np.ndarray, per_class: dict[int, int], seed: int) -> np.ndarray:
-    """Sorted indices with ``per_class[c]`` images of each class ``c``, drawn with ``seed``."""
+    """Sorted indices with ``per_class[c]`` images of each class ``c``, drawn with ``seed``.
+
+    A class with fewer images gives all it has (with a warning), so tiny sets still run.
+    """
     rng = np.random.default_rng(seed)
     picked = []
     for c, n in sorted(per_class.items()):
         pool = np.flatnonzero(labels == c)
         if len(pool) < n:
-            raise ValueError(
-                f"class {c} has {len(pool)} labelled images, a split needs {n}; use fewer "
-                "labels per class or more images (data.max_train_images)"
+            log.warning(
+                "class %d has only %d labelled images, the split asks for %d: using all of "
+                "them (use more images, data.max_train_images, for a balanced split)",
+                c,
+                len(pool),
+                n,
             )
-        picked.append(rng.choice(pool, n, replace=False))
+        picked.append(rng.choice(pool, min(n, len(pool)), replace=False))
     return np.sort(np.concatenate(picked))
 
 

@@ -100,11 +100,11 @@ def probe_data(train_ds, test_ds, size: int) -> ProbeData:
         classes=list(range(1, base_dataset(train_ds).num_classes)),
     )
     for k in ("train", "test"):
-        if len(np.unique(data.single_y[k])) < len(data.classes):
+        if len(data.single[k]) == 0 or len(data.scenes[k]) == 0:
             raise ConfigError(
-                f"the {k} split has single-object scenes of only "
-                f"{len(np.unique(data.single_y[k]))} of {len(data.classes)} classes; use more "
-                "images (data.max_train_images / data.max_test_images)"
+                f"the {k} split has {len(data.single[k])} single-object and "
+                f"{len(data.scenes[k])} labelled scenes; the probes need both (use more images: "
+                "data.max_train_images / data.max_test_images)"
             )
     return data
 
@@ -224,14 +224,11 @@ def multilabel_all(cfg: Config, x: dict, data: ProbeData) -> dict:
     y = {k: label_matrix([data.labels[k][i] for i in scenes[k]], data.classes) for k in scenes}
     n = max(2, int(round(cfg.multilabel.percent / 100 * len(scenes["train"]))))
     idx = np.sort(np.random.default_rng(cfg.seed).permutation(len(scenes["train"]))[:n])
-    try:
-        return multilabel_probe(
-            x["train"][scenes["train"]][idx],
-            y["train"][idx],
-            x["test"][scenes["test"]],
-            y["test"],
-            cfg.multilabel.c,
-            cfg.multilabel.max_iter,
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    return multilabel_probe(
+        x["train"][scenes["train"]][idx],
+        y["train"][idx],
+        x["test"][scenes["test"]],
+        y["test"],
+        cfg.multilabel.c,
+        cfg.multilabel.max_iter,
+    )
