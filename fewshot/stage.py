@@ -136,7 +136,8 @@ def make_episodes(
         **common_kw,
     )
     # Validation uses the training classes with >= 2 held-out images (support + query).
-    counts = {c: sum(c in train_pool.labels[i] for i in val_idx) for c in train_classes}
+    clean = [i for i in val_idx if not set(train_pool.labels[i]) & set(test_classes)]
+    counts = {c: sum(c in train_pool.labels[i] for i in clean) for c in train_classes}
     val_classes = [c for c, k in counts.items() if k >= 2]
     if not val_classes:
         raise ConfigError(

@@ -112,8 +112,8 @@ def train_head(
         loss, parts = loss_fn(presence, seg, batch, settings.cls_weight, settings.seg_weight)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(
-                f"{tag}: loss is {float(loss)} at step {step}; the last checkpoint ({last}) is "
-                "intact. Lower train.lr and resume."
+                f"{tag}: loss is {float(loss.detach())} at step {step}; the last checkpoint "
+                f"({last}) is intact. Lower train.lr and resume."
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -121,14 +121,14 @@ def train_head(
         sched.step()
         step += 1
         bar.update(1)
-        record = {"loss": float(loss), **parts, "lr": sched.get_last_lr()[0]}
+        record = {"loss": float(loss.detach()), **parts, "lr": sched.get_last_lr()[0]}
         if step % settings.eval_every == 0 or step == settings.max_steps:
             val = validate(model)
             record["val_miou"] = val
             if val > best:
                 best, best_step = val, step
                 atomic_torch_save(model.state_dict(), best_path)
-            log.info("%s step %d loss %.4f val mIoU %.4f", tag, step, float(loss), val)
+            log.info("%s step %d loss %.4f val mIoU %.4f", tag, step, float(loss.detach()), val)
         metrics.log(step, head=tag, **record)
         if step % settings.ckpt_every == 0 or step == settings.max_steps:
             seconds = time.perf_counter() - start
