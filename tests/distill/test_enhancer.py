@@ -27,7 +27,9 @@ def test_untrained_enhancer_reproduces_the_coarse_mask():
 
 def test_training_lowers_the_loss_and_beats_the_coarse_mask():
     x, y = _data()
-    cfg = EnhancerTrainConfig(max_steps=60, batch_size=8, lr=1e-2, eval_every=20, patience=10)
+    cfg = EnhancerTrainConfig(
+        max_steps=40, batch_size=8, lr=1e-2, eval_every=20, patience=10, channels=8
+    )
     torch.manual_seed(0)
     before = _loss(Enhancer(6, cfg.channels, cfg.depth), x, y).item()
     model, summary = train_enhancer(x, y, cfg, seed=0)
@@ -37,7 +39,9 @@ def test_training_lowers_the_loss_and_beats_the_coarse_mask():
 
 def test_resume_after_preemption_gives_the_uninterrupted_result(tmp_path):
     x, y = _data()
-    cfg = EnhancerTrainConfig(max_steps=30, batch_size=8, lr=1e-2, eval_every=10, patience=10)
+    cfg = EnhancerTrainConfig(
+        max_steps=20, batch_size=4, lr=1e-2, eval_every=10, patience=10, channels=8
+    )
     torch.manual_seed(0)
     ref, _ = train_enhancer(x, y, cfg, tmp_path / "a.pt", seed=0)
     # Stop after the first steps (the flag is polled before each step), then resume.
@@ -51,7 +55,7 @@ def test_resume_after_preemption_gives_the_uninterrupted_result(tmp_path):
     finally:
         clear_stop()
     resumed, summary = train_enhancer(x, y, cfg, tmp_path / "b.pt", seed=0)
-    assert summary["steps"] == 30
+    assert summary["steps"] == 20
     for a, b in zip(ref.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a, b)
 

@@ -1,6 +1,7 @@
 """The `python -m distill` command end to end on the tiny FashionScenes fixture."""
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.cli import stage_main
 from common.datasets.voc import VOCSegmentation
+from distill.stage import run
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = [
@@ -64,27 +67,41 @@ def test_cli_writes_pseudo_masks_figures_and_quality(distill_run, fashion_scenes
     assert (out / "checkpoints" / "last.pt").is_file()
 
 
-def test_rerun_resumes_the_enhancer_and_reproduces_the_masks(distill_run, fashion_scenes_root):
+def test_rerun_resumes_the_enhancer_and_reproduces_the_masks(distill_run, caplog):
     out, args = distill_run
     before = {p.name: p.read_bytes() for p in (out / "pseudo_masks" / "mixed").glob("*.png")}
-    proc = _run(["--config", "fashion_tiny", "--output-dir", str(out), *args])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resumed from" in proc.stderr
+    with caplog.at_level(logging.INFO):
+        stage_main(
+            "distill", run, "", ["--config", "fashion_tiny", "--output-dir", str(out)] + args
+        )
+    assert "resumed from" in caplog.text
     after = {p.name: p.read_bytes() for p in (out / "pseudo_masks" / "mixed").glob("*.png")}
     assert before == after
 
 
-def test_bad_inputs_fail_with_clear_messages(tmp_path, fashion_scenes_root, tiny_export):
+def test_bad_inputs_fail_with_clear_messages(tmp_path, fashion_scenes_root, tiny_export, caplog):
     base = [f"data.root={fashion_scenes_root}", *FAST, "quality.enabled=false"]
-    proc = _run(["--output-dir", str(tmp_path / "a"), *base])
-    assert proc.returncode != 0 and "needs an exported backbone" in proc.stderr
-    proc = _run(
-        ["--output-dir", str(tmp_path / "b"), f"backbone={tiny_export}", *base]
-        + ["mixed.num_gt_images=0"]
-    )
-    assert proc.returncode != 0 and "0 ground-truth images" in proc.stderr
-    proc = _run(
-        ["--output-dir", str(tmp_path / "c"), f"backbone={tiny_export}", *base]
-        + ["data.empty_labels=error", "mixed.enabled=false"]
-    )
-    assert proc.returncode != 0 and "has no image-level label" in proc.stderr
+    with pytest.raises(SystemExit):
+        stage_main("distill", run, "", ["--output-dir", str(tmp_path / "a"), *base])
+    assert "needs an exported backbone" in caplog.text
+    base.append(f"backbone={tiny_export}")
+    with pytest.raises(ValueError, match="0 ground-truth images"):
+        stage_main(
+            "distill",
+            run,
+            "",
+            ["--output-dir", str(tmp_path / "b"), *base, "mixed.num_gt_images=0"],
+        )
+    with pytest.raises(ValueError, match="has no image-level label"):
+        stage_main(
+            "distill",
+            run,
+            "",
+            [
+                "--output-dir",
+                str(tmp_path / "c"),
+                *base,
+                "data.empty_labels=error",
+                "mixed.enabled=false",
+            ],
+        )

@@ -1,23 +1,21 @@
 """`python -m distill.segment` end to end on the tiny FashionScenes fixture."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
+import logging
 
+import pytest
 import torch
 
+from common.cli import stage_main
 from distill.segment.model import SegmentationModel
-
-REPO = Path(__file__).resolve().parents[3]
+from distill.segment.stage import run
 
 
 def _run(args):
-    cmd = [sys.executable, "-m", "distill.segment", "--config", "fashion_tiny", *args]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    return stage_main("distill/segment", run, "", ["--config", "fashion_tiny", *args])
 
 
-def test_segment_trains_evaluates_and_resumes(tmp_path, fashion_scenes_root, tiny_export):
+def test_segment_trains_evaluates_and_resumes(tmp_path, fashion_scenes_root, tiny_export, caplog):
     # The fixture's own GT folder stands in for a pseudo-mask folder (same layout).
     args = [
         f"backbone={tiny_export}",
@@ -31,8 +29,7 @@ def test_segment_trains_evaluates_and_resumes(tmp_path, fashion_scenes_root, tin
         "figures.num_images=2",
     ]
     out = tmp_path / "seg"
-    proc = _run(["--output-dir", str(out), *args])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run(["--output-dir", str(out), *args])
     summary = json.loads((out / "summary.json").read_text())
     for tag in ("pseudo", "gt"):
         assert summary[tag]["steps"] == 3
@@ -44,9 +41,9 @@ def test_segment_trains_evaluates_and_resumes(tmp_path, fashion_scenes_root, tin
     assert summary["pseudo_mask_quality_train"]["miou"] == 1.0
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert all("scd" in r for r in records)
-    proc = _run(["--output-dir", str(out), *args[:-4], "train.max_steps=5", *args[-3:]])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resumed from" in proc.stderr and "at step 3" in proc.stderr
+    with caplog.at_level(logging.INFO):
+        _run(["--output-dir", str(out), *args[:-4], "train.max_steps=5", *args[-3:]])
+    assert "resumed from" in caplog.text and "at step 3" in caplog.text
     assert json.loads((out / "summary.json").read_text())["pseudo"]["steps"] == 5
 
 
@@ -61,13 +58,8 @@ def test_frozen_backbone_gets_no_gradient(tiny_export):
     assert not model.backbone.training
 
 
-def test_missing_pseudo_masks_is_a_clear_error(tmp_path, fashion_scenes_root, tiny_export):
-    proc = _run(
-        [
-            "--output-dir",
-            str(tmp_path / "x"),
-            f"backbone={tiny_export}",
-            f"data.root={fashion_scenes_root}",
-        ]
-    )
-    assert proc.returncode != 0 and "needs pseudo_masks=" in proc.stderr
+def test_missing_pseudo_masks_is_a_clear_error(tmp_path, fashion_scenes_root, tiny_export, caplog):
+    args = [f"backbone={tiny_export}", f"data.root={fashion_scenes_root}"]
+    with pytest.raises(SystemExit):
+        _run(["--output-dir", str(tmp_path / "x"), *args])
+    assert "needs pseudo_masks=" in caplog.text
