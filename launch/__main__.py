@@ -136,7 +136,7 @@ def _print_summary(stage: str, summary: dict) -> None:
 
 
 def _run_pipeline(args: argparse.Namespace, overrides: list[str]) -> int:
-    from launch.pipeline import load_pipeline_file, plan, submit_pipeline
+    from launch.pipeline import load_pipeline_file, plan, submit_pipeline, sync_statuses
     from launch.report import write_report
     from launch.status import collect
     from launch.submit import effective_executor, wait_jobs
@@ -155,6 +155,7 @@ def _run_pipeline(args: argparse.Namespace, overrides: list[str]) -> int:
             return 0
         wait_jobs(subs)
     rows = collect(out)
+    sync_statuses(out, rows)
     stages = [
         {"name": r.name, "stage": p.stage, "state": r.state, "run_dir": str(p.run_dir)}
         for r, p in zip(rows, planned, strict=True)

@@ -295,3 +295,13 @@ def _mark_not_run(manifest: Manifest, planned: list[PlannedStage], failed: str) 
     for p in planned[names.index(failed) + 1 :]:
         if not p.skip:
             manifest.update_stage(p.name, status="not run", reason=f"'{failed}' did not complete")
+
+
+def sync_statuses(pipeline_dir: Path, rows: list) -> None:
+    """Record in the manifest how jobs that never reported themselves ended (e.g. cancelled)."""
+    manifest = Manifest(pipeline_dir)
+    recorded = manifest.read()["stages"]
+    for row in rows:
+        status = recorded.get(row.name, {}).get("status")
+        if status in ("pending", "running") and row.job and row.state not in ("PENDING", "RUNNING"):
+            manifest.update_stage(row.name, status=row.state.lower())

@@ -132,6 +132,9 @@ stages:
     assert rows["first"].state == "FAILED"
     assert rows["second"].state in ("CANCELLED", "DEPENDENCY_NEVER_SATISFIED")
     assert not (out / "second" / "metrics.jsonl").exists()
+    recorded = json.loads((out / "manifest.json").read_text())["stages"]
+    assert recorded["first"]["status"] == "failed"
+    assert recorded["second"]["status"] in ("cancelled", "dependency_never_satisfied")
     assert main(["status", str(out)]) == 0
     text = capsys.readouterr().out
     assert "first" in text and "FAILED" in text
