@@ -123,10 +123,15 @@ def _run_stage(args: argparse.Namespace, overrides: list[str]) -> int:
         print(f"submitted job {sub.job_id}; follow it with: python -m launch status {out}")
         return 0
     state = wait_jobs([sub])[sub.job_id]
+    if state != "COMPLETED":
+        from launch.status import collect, format_status
+
+        print(format_status(collect(out)), file=sys.stderr)
+        return 1
     from launch.report import read_summary
 
-    _print_summary(stage, read_summary(out) if state == "COMPLETED" else {"state": state})
-    return 0 if state == "COMPLETED" else 1
+    _print_summary(stage, read_summary(out))
+    return 0
 
 
 def _print_summary(stage: str, summary: dict) -> None:
