@@ -29,11 +29,11 @@ class MultiCrop:
         c = crops_cfg
         self.num_global = int(c.num_global)
         self.num_local = int(c.num_local)
-        s = float(c.color_jitter)
+        brightness, contrast, saturation, hue = (float(v) for v in c.color_jitter)
         colour = [
             v2.RandomHorizontalFlip(p=0.5),
             v2.RandomApply(
-                [v2.ColorJitter(0.4 * s, 0.4 * s, 0.2 * s, 0.1 * s)], p=float(c.color_jitter_p)
+                [v2.ColorJitter(brightness, contrast, saturation, hue)], p=float(c.color_jitter_p)
             ),
             v2.RandomGrayscale(p=float(c.grayscale_p)),
         ]

@@ -101,10 +101,14 @@ class MultiCropDataset(Dataset):
         epoch, index = key
         seed = sample_seed(self.seed, epoch, index)
         image = _image_of(self.base[index])
-        # fork_rng: the per-sample seed must not disturb the training RNG when num_workers=0.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        # The per-sample seed must not disturb the training RNG when num_workers=0; seeding
+        # the CPU generator directly is ~20x cheaper than torch.manual_seed / fork_rng.
+        outer = torch.default_generator.get_state()
+        torch.default_generator.manual_seed(seed)
+        try:
             globals_, locals_ = self.crops(image)
+        finally:
+            torch.default_generator.set_state(outer)
         masks = sample_masks(
             self.mask_gen,
             len(globals_),
@@ -195,5 +199,8 @@ def epoch_loader(
         collate_fn=collate_multicrop,
         drop_last=True,
         persistent_workers=False,
+        # Its own generator: the workers' base seed must not consume the global RNG, or a
+        # resumed run (which builds one loader fewer) would drift from a straight one.
+        generator=torch.Generator().manual_seed(seed * 1000 + epoch),
         prefetch_factor=4 if num_workers > 0 else None,
     )

@@ -101,6 +101,7 @@ class KNNProbe:
         self.k = int(eval_cfg.k)
         self.temperature = float(eval_cfg.temperature)
         self.size = image_size
+        self.pooling = eval_cfg.pooling
         log.info(
             "k-NN probe: %d bank / %d query single-object images from %s",
             len(self.bank_labels),
@@ -109,8 +110,8 @@ class KNNProbe:
         )
 
     def __call__(self, backbone: torch.nn.Module) -> dict[str, float]:
-        bank = extract_features(backbone, self.bank_images, self.size)
-        queries = extract_features(backbone, self.query_images, self.size)
+        bank = extract_features(backbone, self.bank_images, self.size, self.pooling)
+        queries = extract_features(backbone, self.query_images, self.size, self.pooling)
         pred = knn_predict(bank, self.bank_labels, queries, self.k, self.temperature)
         return {"knn_top1": float((pred == self.query_labels).mean())}
 

@@ -55,6 +55,14 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@torch.no_grad()
+def weights_checksum(module: torch.nn.Module) -> float:
+    """Sum of all parameters weighted by position: a cheap fingerprint of a model's weights."""
+    return float(
+        sum((p.double().flatten() * (1 + i % 7)).sum() for i, p in enumerate(module.parameters()))
+    )
+
+
 class Trainer:
     """Holds one run's model, optimiser and state; :meth:`fit` trains until done or stopped."""
 
@@ -62,6 +70,8 @@ class Trainer:
         self.cfg = cfg
         self.run = run
         self.device = resolve_device(cfg.device)
+        if int(cfg.train.num_threads) > 0:
+            torch.set_num_threads(int(cfg.train.num_threads))
         dist.init_distributed(self.device)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         t = cfg.train
@@ -87,6 +97,8 @@ class Trainer:
         self.student: torch.nn.Module = self.model.student
         if self.world > 1:
             self.student = DistributedDataParallel(self.model.student)
+            # DDP broadcast rank 0's student; the teacher starts as that same copy everywhere.
+            self.model.teacher.load_state_dict(self.model.student.state_dict())
         self.optimizer = torch.optim.AdamW(param_groups(self.model.student))
         self.autocast_dtype = PRECISIONS[t.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
@@ -200,7 +212,7 @@ class Trainer:
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             message = (
-                f"non-finite loss or gradient at step {self.step} (loss {float(loss):.4g}, grad "
+                f"non-finite loss or gradient at step {self.step} (loss {float(loss.detach()):.4g}, grad "
                 f"norm {float(grad_norm):.4g})"
             )
             if self.cfg.train.on_nonfinite == "stop":
@@ -325,6 +337,8 @@ class Trainer:
                 summary.update(self.probe(self.model.teacher.backbone))
                 self.metrics.log(self.step, **{k: summary[k] for k in ("knn_top1",)})
             (self.run.root / "summary.json").write_text(json.dumps(summary, indent=2))
+        # Every rank logs it: equal values show the replicas stayed in sync (DDP).
+        log.info("rank %d teacher checksum %.10e", self.rank, weights_checksum(self.model.teacher))
         dist.barrier()
         return summary
 

@@ -1,0 +1,129 @@
+"""``python -m pretrain.attention``: per-head self-attention maps of the last block (DINO figure).
+
+For each image: the input, each head's cls-to-patch attention as a heatmap over the image,
+and each head's thresholded mask keeping the patches that hold ``--mass`` of the attention
+(DINO keeps 60 %), written as one PNG grid per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.backbone import last_block_attention, load_backbone
+from common.checkpoint import CheckpointError
+from common.rundir import setup_logging
+from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger(__name__)
+
+
+def mass_threshold_masks(attn: torch.Tensor, mass: float) -> torch.Tensor:
+    """Boolean masks keeping, per map, the largest values that sum to ``mass`` of the total.
+
+    ``attn``: [..., N] non-negative weights. DINO's visualisation uses ``mass = 0.6``.
+    """
+    if not 0 < mass <= 1:
+        raise ValueError(f"--mass must be in (0, 1], got {mass}")
+    values, order = attn.sort(dim=-1, descending=True)
+    cum = values.cumsum(dim=-1) / values.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    # Keep a patch while the mass before it is below the target (so at least one is kept).
+    keep_sorted = (cum - values / values.sum(dim=-1, keepdim=True).clamp_min(1e-12)) < mass
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+def load_image(path: Path, size: int) -> torch.Tensor:
+    """An image file as a [3, size, size] float tensor in [0, 1]."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB").resize((size, size), Image.BICUBIC)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ValueError(f"cannot read image {path}: {exc}") from None
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float() / 255.0
+
+
+def attention_figure(image: torch.Tensor, attn: torch.Tensor, mass: float, out: Path) -> None:
+    """Save a 2 x (heads + 1) grid: heatmaps over the image, then thresholded masks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heads, h, w = attn.shape
+    size = image.shape[-1]
+    up = F.interpolate(attn[None], size=(size, size), mode="nearest")[0]
+    masks = mass_threshold_masks(attn.flatten(1), mass).reshape(heads, h, w).float()
+    masks = F.interpolate(masks[None], size=(size, size), mode="nearest")[0]
+    rgb = image.permute(1, 2, 0).numpy()
+    fig, axes = plt.subplots(2, heads + 1, figsize=(2 * (heads + 1), 4.2), squeeze=False)
+    axes[0, 0].imshow(rgb)
+    axes[0, 0].set_title("image", fontsize=8)
+    axes[1, 0].imshow(rgb)
+    axes[1, 0].imshow(masks.amax(0).numpy(), alpha=0.5, cmap="Reds", vmin=0, vmax=1)
+    axes[1, 0].set_title(f"union, {int(mass * 100)}% mass", fontsize=8)
+    for i in range(heads):
+        axes[0, i + 1].imshow(rgb)
+        axes[0, i + 1].imshow(up[i].numpy(), alpha=0.6, cmap="inferno")
+        axes[0, i + 1].set_title(f"head {i}", fontsize=8)
+        axes[1, i + 1].imshow(rgb * masks[i].numpy()[..., None])
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pretrain.attention",
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, help="an export folder or a pretraining run directory"
+    )
+    parser.add_argument("--images", nargs="+", required=True, help="image files to visualise")
+    parser.add_argument("--out", required=True, help="folder for the PNG grids")
+    parser.add_argument(
+        "--size", type=int, default=None, help="input side (default: the backbone's img_size)"
+    )
+    parser.add_argument(
+        "--mass", type=float, default=0.6, help="attention mass kept by the masks (DINO: 0.6)"
+    )
+    args = parser.parse_args(argv)
+    setup_logging(None)
+    try:
+        model, info = load_backbone(args.checkpoint)
+    except CheckpointError as exc:
+        log.error("%s", exc)
+        return 2
+    size = args.size or int(info["timm_kwargs"]["img_size"])
+    patch = int(info["timm_kwargs"]["patch_size"])
+    if size % patch:
+        parser.error(f"--size {size} is not a multiple of the patch size {patch}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    for path in map(Path, args.images):
+        try:
+            image = load_image(path, size)
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
+        attn = last_block_attention(model, ((image - mean) / std)[None])["attn"][0]
+        target = out / f"{path.stem}_attention.png"
+        attention_figure(image, attn, args.mass, target)
+        log.info("wrote %s", target)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
