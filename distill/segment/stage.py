@@ -187,9 +187,14 @@ def mask_quality(pseudo: VOCSegmentation, gt: VOCSegmentation) -> dict:
     meter = SegmentationMeter(gt.num_classes, exclude_background=False)
     for i in range(len(gt)):
         p = torch.from_numpy(pseudo.read_mask(i).astype(np.int64))
-        meter.update(
-            torch.where(p == IGNORE_INDEX, 0, p), torch.from_numpy(gt.read_mask(i).astype(np.int64))
-        )
+        g = torch.from_numpy(gt.read_mask(i).astype(np.int64))
+        if p.shape != g.shape:
+            raise ValueError(
+                f"pseudo-mask {pseudo.mask_path(i)} is {p.shape[1]}x{p.shape[0]} but the image "
+                f"and its GT are {g.shape[1]}x{g.shape[0]}; masks must match their image "
+                "(re-run `python -m distill` to rewrite the pseudo-masks)"
+            )
+        meter.update(torch.where(p == IGNORE_INDEX, 0, p), g)
     return {"miou": meter.miou(), "fb_iou": meter.fb_iou()}
 
 

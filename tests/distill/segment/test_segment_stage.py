@@ -63,3 +63,19 @@ def test_missing_pseudo_masks_is_a_clear_error(tmp_path, fashion_scenes_root, ti
     with pytest.raises(SystemExit):
         _run(["--output-dir", str(tmp_path / "x"), *args])
     assert "needs pseudo_masks=" in caplog.text
+
+
+def test_pseudo_mask_of_the_wrong_size_is_a_clear_error(tmp_path, fashion_scenes_root, tiny_export):
+    import shutil
+
+    import numpy as np
+
+    from common.datasets.palette import write_mask
+
+    masks = tmp_path / "masks"
+    shutil.copytree(fashion_scenes_root / "SegmentationClassAug", masks)
+    first = sorted(masks.glob("train_*.png"))[0]
+    write_mask(first, np.zeros((32, 32), dtype=np.uint8))
+    args = [f"backbone={tiny_export}", f"data.root={fashion_scenes_root}", f"pseudo_masks={masks}"]
+    with pytest.raises(ValueError, match="masks must match their image"):
+        _run(["--output-dir", str(tmp_path / "x"), *args, "device=cpu"])
