@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
+from common.datasets.coco import COCOSegmentation
 from common.datasets.errors import DatasetNotFoundError
 from common.datasets.palette import read_mask
 from common.datasets.voc import VOCSegmentation, labels_of_mask
@@ -41,15 +42,22 @@ class ImagePool:
         return self.dataset[index]["image"]
 
 
-def open_split(root: str | Path, split: str, image_size: int, max_images: int | None) -> Dataset:
-    """The first ``max_images`` items of a VOC-layout split, resized to ``image_size``."""
-    ds = VOCSegmentation(root, split, image_size=image_size)
+DATASET_FORMATS = {"voc": VOCSegmentation, "coco": COCOSegmentation}
+
+
+def open_split(
+    root: str | Path, split: str, image_size: int, max_images: int | None, fmt: str = "voc"
+) -> Dataset:
+    """The first ``max_images`` items of a split (VOC layout or COCO 2014), resized."""
+    if fmt not in DATASET_FORMATS:
+        raise ValueError(f"data.format must be one of {sorted(DATASET_FORMATS)}, got {fmt!r}")
+    ds = DATASET_FORMATS[fmt](root, split, image_size=image_size)
     if max_images is not None and max_images < len(ds):
         return Subset(ds, range(max_images))
     return ds
 
 
-def base_dataset(ds: Dataset) -> VOCSegmentation:
+def base_dataset(ds: Dataset) -> VOCSegmentation | COCOSegmentation:
     """The VOCSegmentation under an optional Subset."""
     return ds.dataset if isinstance(ds, Subset) else ds
 
@@ -57,6 +65,19 @@ def base_dataset(ds: Dataset) -> VOCSegmentation:
 def split_ids(ds: Dataset) -> list[str]:
     base = base_dataset(ds)
     return [base.ids[i] for i in ds.indices] if isinstance(ds, Subset) else list(base.ids)
+
+
+def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    if mask.shape == (size, size):
+        return mask
+    return np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))
+
+
+def read_gt_masks(ds: Dataset, size: int) -> torch.Tensor:
+    """uint8 [N, size, size] ground-truth masks of a split (nearest resize)."""
+    base = base_dataset(ds)
+    index = list(ds.indices) if isinstance(ds, Subset) else range(len(base))
+    return torch.from_numpy(np.stack([_resize_mask(base.read_mask(i), size) for i in index]))
 
 
 def load_masks(ids: list[str], folder: Path, size: int, what: str) -> torch.Tensor:
@@ -73,10 +94,7 @@ def load_masks(ids: list[str], folder: Path, size: int, what: str) -> torch.Tens
         )
     out = np.empty((len(ids), size, size), dtype=np.uint8)
     for n, name in enumerate(ids):
-        mask = read_mask(folder / f"{name}.png")
-        if mask.shape != (size, size):
-            mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))
-        out[n] = mask
+        out[n] = _resize_mask(read_mask(folder / f"{name}.png"), size)
     return torch.from_numpy(out)
 
 
@@ -121,7 +139,7 @@ def build_pool(
             desc=f"features {base.split}",
         ),
     )["tokens"]
-    gt = load_masks(ids, base.gt_mask_dir, size, "ground-truth mask")
+    gt = read_gt_masks(ds, size)
     masks = gt if mask_dir is None else load_masks(ids, Path(mask_dir), size, "pseudo-mask")
     labels = [labels_of_mask(m) for m in gt.numpy()]
     return ImagePool(ids=ids, tokens=tokens, masks=masks, gt=gt, labels=labels, dataset=ds)

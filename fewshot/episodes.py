@@ -11,10 +11,13 @@ out entirely, so those classes are never seen. Evaluation episodes come from
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class EpisodeError(ValueError):
@@ -58,25 +61,31 @@ class EpisodeSampler:
             raise EpisodeError(f"{name}: presence_prior must be in [0, 1], got {presence_prior}")
         if self.way < 1 or self.shot < 1:
             raise EpisodeError(f"{name}: way and shot must be >= 1, got way={way} shot={shot}")
-        if self.way > len(self.classes):
-            raise EpisodeError(
-                f"{name}: way={way} but the fold has only {len(self.classes)} classes "
-                f"{self.classes}; use way <= {len(self.classes)}"
-            )
         pool = range(len(labels)) if images is None else images
         cls_set = set(self.classes)
         self.labels = {i: cls_set & set(labels[i]) for i in pool if not excluded & set(labels[i])}
-        self.queries = np.array(sorted(i for i, ls in self.labels.items() if ls))
-        self.by_class = {
-            c: np.array(sorted(i for i, ls in self.labels.items() if c in ls)) for c in self.classes
-        }
-        short = {c: len(v) for c, v in self.by_class.items() if len(v) < self.shot + 1}
+        by_class = {c: sorted(i for i, ls in self.labels.items() if c in ls) for c in self.classes}
+        # A class needs its K supports plus a query; classes with fewer images are dropped.
+        short = {c: len(v) for c, v in by_class.items() if len(v) < self.shot + 1}
         if short:
-            raise EpisodeError(
-                f"{name}: shot={shot} needs at least {self.shot + 1} images per class (the "
-                f"supports plus a query), but classes {short} (class: images) have fewer; "
-                "lower shot or use more images (data.max_*_images)"
+            log.warning(
+                "%s: classes %s (class: images) have fewer than shot+1=%d images and are left out",
+                name,
+                short,
+                self.shot + 1,
             )
+        self.classes = [c for c in self.classes if c not in short]
+        if self.way > len(self.classes):
+            raise EpisodeError(
+                f"{name}: way={way} shot={shot} needs {way} classes with at least "
+                f"{self.shot + 1} images each (the supports plus a query), but only "
+                f"{len(self.classes)} of the fold's classes have that many (too few: {short}); "
+                "lower way/shot or use more images (data.max_*_images)"
+            )
+        self.by_class = {c: np.array(by_class[c]) for c in self.classes}
+        kept = set(self.classes)
+        self.labels = {i: ls & kept for i, ls in self.labels.items()}
+        self.queries = np.array(sorted(i for i, ls in self.labels.items() if ls))
 
     def __len__(self) -> int:
         return len(self.queries)

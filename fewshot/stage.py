@@ -121,10 +121,12 @@ def make_episodes(
     """Split the training images into fit / validation and draw every episode set."""
     n = len(train_pool.ids)
     perm = np.random.default_rng(cfg.episodes.seed).permutation(n)
-    n_val = max(1, int(round(cfg.data.val_fraction * n)))
+    n_val = int(round(cfg.data.val_fraction * n))
     val_idx, fit_idx = sorted(perm[:n_val].tolist()), sorted(perm[n_val:].tolist())
+    # PFENet protocol (default): training drops every image that shows a test class.
+    exclude = [] if cfg.episodes.train_on_test_class_images else test_classes
     common_kw = dict(
-        labels=train_pool.labels, presence_prior=cfg.episodes.presence_prior, exclude=test_classes
+        labels=train_pool.labels, presence_prior=cfg.episodes.presence_prior, exclude=exclude
     )
     train = _sampler(
         "training episodes",
@@ -135,24 +137,17 @@ def make_episodes(
         seed=cfg.seed,
         **common_kw,
     )
-    # Validation uses the training classes with >= 2 held-out images (support + query).
-    clean = [i for i in val_idx if not set(train_pool.labels[i]) & set(test_classes)]
-    counts = {c: sum(c in train_pool.labels[i] for i in clean) for c in train_classes}
-    val_classes = [c for c, k in counts.items() if k >= 2]
-    if not val_classes:
-        raise ConfigError(
-            f"no training class has 2 images among the {n_val} held-out validation images "
-            f"(counts {counts}); raise data.val_fraction or use more images"
-        )
-    val = _sampler(
-        "validation episodes",
-        classes=val_classes,
-        way=1,
-        shot=1,
-        images=val_idx,
-        seed=cfg.episodes.seed,
-        **common_kw,
-    ).fixed(cfg.episodes.val_episodes)
+    val: list[Episode] = []
+    if n_val:
+        val = _sampler(
+            "validation episodes",
+            classes=train_classes,
+            way=1,
+            shot=1,
+            images=val_idx,
+            seed=cfg.episodes.seed,
+            **common_kw,
+        ).fixed(cfg.episodes.val_episodes)
     test = {}
     for way in sorted({1, cfg.way}):
         sampler = _sampler(
@@ -169,11 +164,11 @@ def make_episodes(
         "fold %d: training classes %s on %d images (%d held out for validation, classes %s); "
         "test classes %s on %d query images",
         cfg.fold,
-        train_classes,
+        train.classes,
         len(train),
         n_val,
-        val_classes,
-        test_classes,
+        "none" if not n_val else sorted({e.classes[0] for e in val}),
+        sampler.classes,
         len(sampler),
     )
     return EpisodeSets(train=train, val=val, test=test)
@@ -205,6 +200,9 @@ def fit_head(
         probs = episode_probabilities(m, pool, episodes.val, bb.device, cfg.eval.batch_size)
         return score(episodes.val, probs, pool.masks, num_classes)["miou"]
 
+    if not episodes.val:
+        log.info("%s: data.val_fraction=0, no validation: the last weights are kept", tag)
+
     settings = TrainSettings(
         max_steps=int(cfg.train.max_steps),
         batch_size=cfg.train.batch_size,
@@ -220,7 +218,7 @@ def fit_head(
         model,
         pool,
         episodes.train,
-        validate,
+        validate if episodes.val else None,
         settings,
         run.checkpoints / tag,
         MetricsLogger(run.metrics),
@@ -259,8 +257,15 @@ def run(cfg: Config, run: RunDir) -> dict:
     )
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run.root / "cache"
     size = cfg.data.image_size
-    train_ds = open_split(cfg.data.root, cfg.data.train_split, size, cfg.data.max_train_images)
-    test_ds = open_split(cfg.data.root, cfg.data.test_split, size, cfg.data.max_test_images)
+    try:
+        train_ds = open_split(
+            cfg.data.root, cfg.data.train_split, size, cfg.data.max_train_images, cfg.data.format
+        )
+        test_ds = open_split(
+            cfg.data.root, cfg.data.test_split, size, cfg.data.max_test_images, cfg.data.format
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     class_names = base_dataset(train_ds).class_names
     num_classes = len(class_names)
 
@@ -321,8 +326,10 @@ def prototype_baseline(
 ) -> dict:
     """Thresholds from the validation episodes, then test scores into ``test_results``."""
     train_pool, test_pool, support_pool = pools
-    val_scores = prototype_scores(train_pool, episodes.val, patch_size)
-    t_cls, t_seg = choose_thresholds(episodes.val, val_scores, train_pool.masks, num_classes)
+    # Without held-out images, thresholds come from training episodes (never the test).
+    val = episodes.val or episodes.train.fixed(100)
+    val_scores = prototype_scores(train_pool, val, patch_size)
+    t_cls, t_seg = choose_thresholds(val, val_scores, train_pool.masks, num_classes)
     for way, eps in episodes.test.items():
         s = prototype_scores(test_pool, eps, patch_size, support_pool)
         test_results[f"{way}way"]["prototype"] = score(

@@ -51,7 +51,7 @@ def train_head(
     model: FSCSModel,
     pool: ImagePool,
     sampler: EpisodeSampler,
-    validate: Callable[[FSCSModel], float],
+    validate: Callable[[FSCSModel], float] | None,
     settings: TrainSettings,
     ckpt_dir: Path,
     metrics: MetricsLogger,
@@ -60,7 +60,8 @@ def train_head(
 ) -> dict:
     """Train (or resume) and leave the best validation weights in ``model``.
 
-    ``validate(model) -> mIoU`` scores the model on fixed validation episodes.
+    ``validate(model) -> mIoU`` scores the model on fixed validation episodes; None keeps
+    the last weights.
     Returns ``{"best_val_miou", "best_step", "steps", "seconds"}``.
     """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +123,7 @@ def train_head(
         step += 1
         bar.update(1)
         record = {"loss": float(loss.detach()), **parts, "lr": sched.get_last_lr()[0]}
-        if step % settings.eval_every == 0 or step == settings.max_steps:
+        if validate is not None and (step % settings.eval_every == 0 or step == settings.max_steps):
             val = validate(model)
             record["val_miou"] = val
             if val > best:
@@ -135,6 +136,8 @@ def train_head(
             save()
     bar.close()
     seconds = time.perf_counter() - start
+    if validate is None:
+        return {"best_val_miou": None, "best_step": step, "steps": step, "seconds": seconds}
     if best_path.is_file():
         load_state_dict_strict(model, torch.load(best_path, weights_only=True), str(best_path))
     return {"best_val_miou": best, "best_step": best_step, "steps": step, "seconds": seconds}

@@ -21,7 +21,7 @@ from common.config import Config, ConfigError
 from common.datasets.voc import labels_of_mask
 from common.rundir import RunDir
 from common.runtime import resolve_device
-from fewshot.data import base_dataset, cache_key, load_masks, open_split, split_ids
+from fewshot.data import base_dataset, cache_key, open_split, read_gt_masks, split_ids
 from fewshot.features import FrozenBackbone, cached, extract
 from fewshot.probe.knn import knn_accuracy
 from fewshot.probe.logreg import logreg_probe
@@ -76,10 +76,7 @@ class ProbeData:
 
 def probe_data(train_ds, test_ds, size: int) -> ProbeData:
     ids = {"train": split_ids(train_ds), "test": split_ids(test_ds)}
-    masks = {
-        k: load_masks(ids[k], base_dataset(ds).gt_mask_dir, size, "ground-truth mask")
-        for k, ds in (("train", train_ds), ("test", test_ds))
-    }
+    masks = {"train": read_gt_masks(train_ds, size), "test": read_gt_masks(test_ds, size)}
     labels = {k: [labels_of_mask(m) for m in v.numpy()] for k, v in masks.items()}
     single = {
         k: np.array([i for i, ls in enumerate(v) if len(ls) == 1], dtype=np.int64)

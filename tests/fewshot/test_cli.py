@@ -76,7 +76,7 @@ def test_fscs_cli_end_to_end(fashion_scenes_root, tiny_export, pseudo_masks, tmp
     [
         (["fold=2"], "fold 2 is out of range"),
         (["way=6"], "way=6 but fold 0"),
-        (["shot=40"], "shot=40 needs at least 41 images per class"),
+        (["shot=40"], "shot=40 needs 1 classes with at least 41 images each"),
         (["supervision=weak"], "needs pseudo-masks"),
         (["supervision=mixed", "pseudo_masks=/nonexistent"], "no 'mixed' pseudo-masks"),
     ],

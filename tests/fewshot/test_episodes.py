@@ -58,9 +58,14 @@ def test_presence_prior_and_query_holding_none_some_all(train_labels):
 
 def test_bad_settings_say_what_to_change(train_labels):
     classes = fold_classes("fashion_scenes", 0)
-    with pytest.raises(EpisodeError, match="way=6 but the fold has only 5 classes"):
+    with pytest.raises(EpisodeError, match="way=6 shot=1 needs 6 classes .* only 5"):
         EpisodeSampler(train_labels, classes, way=6, shot=1)
-    with pytest.raises(EpisodeError, match="shot=500 needs at least 501 images per class"):
+    with pytest.raises(EpisodeError, match="way=1 shot=500 needs 1 classes with at least 501"):
         EpisodeSampler(train_labels, classes, way=1, shot=500)
+    # A class short of images is left out; the others still make episodes.
+    counts = {c: sum(c in ls for ls in train_labels) for c in classes}
+    rare = min(counts, key=counts.get)
+    sampler = EpisodeSampler(train_labels, classes, way=2, shot=counts[rare])
+    assert rare not in sampler.classes and len(sampler.classes) >= 2
     with pytest.raises(EpisodeError, match="both episode classes and excluded"):
         EpisodeSampler(train_labels, classes, way=1, shot=1, exclude=[classes[0]])
