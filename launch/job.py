@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
@@ -50,7 +50,6 @@ class StageJob(submitit.helpers.Checkpointable):
     max_requeues: int = 3
     pipeline_dir: str | None = None
     step: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def __call__(self) -> dict:
         # Replace submitit's USR2 handler (which would exit mid-step): stop at a step boundary.

@@ -16,6 +16,8 @@ from typing import Any
 from launch.slurm import JobInfo, job_infos
 
 RECORD = "launch.json"
+SWEEP_RECORD = "sweep.json"
+SUBMITIT_DIR = "submitit"  # submitit's scripts, pickles and logs inside a run directory
 
 
 def read_record(run_dir: str | Path) -> dict:
@@ -91,6 +93,10 @@ def job_state(job: dict, submitit_dir: str | Path, info: JobInfo | None = None) 
         error = str(outcome[1]).strip().splitlines()[-1] if outcome[1] else "error"
     if executor == "slurm":
         info = info or job_infos([jid]).get(jid)
+        # A restarted cluster reuses job ids: trust SLURM only about a job logging here.
+        logs_elsewhere = info is not None and info.stdout
+        if logs_elsewhere and Path(info.stdout).parent.resolve() != Path(submitit_dir).resolve():
+            info = None
         if info is not None:
             return JobState(jid, executor, info.state, info.reason, error, info.restarts)
     if executor == "inline":

@@ -93,12 +93,6 @@ class JobInfo:
     exit_code: str = ""
     restarts: int = 0
     stdout: str = ""
-    node_list: str = ""
-    run_time: str = ""
-
-    @property
-    def done(self) -> bool:
-        return self.state in TERMINAL
 
 
 def _parse_line(line: str) -> dict[str, str]:
@@ -136,8 +130,6 @@ def job_infos(job_ids: Iterable[str]) -> dict[str, JobInfo]:
                 exit_code=f.get("ExitCode", ""),
                 restarts=int(f.get("Restarts", "0") or 0),
                 stdout=f.get("StdOut", ""),
-                node_list=f.get("NodeList", ""),
-                run_time=f.get("RunTime", ""),
             )
     return out
 

@@ -10,12 +10,16 @@ from pathlib import Path
 
 from common.rundir import read_metrics
 from launch.manifest import Manifest
-from launch.records import JobState, job_state, log_paths, read_record
+from launch.records import (
+    SUBMITIT_DIR,
+    SWEEP_RECORD,
+    JobState,
+    job_state,
+    log_paths,
+    read_record,
+)
 from launch.report import flat_numbers
 from launch.slurm import LaunchError, cancel, job_infos
-
-SWEEP_RECORD = "sweep.json"
-SUBMITIT_DIR = "submitit"
 
 
 @dataclass

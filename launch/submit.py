@@ -16,12 +16,11 @@ from common.rundir import RESUMABLE_KEYS
 from launch.job import REQUEUE_COUNT, StageJob
 from launch.manifest import now
 from launch.options import EXECUTORS, sbatch_parameters, time_minutes
-from launch.records import add_job, job_state
+from launch.records import SUBMITIT_DIR, add_job, job_state
 from launch.slurm import TERMINAL, LaunchError, job_infos, require_slurm, test_submission
 from launch.stages import ARTIFACT_KEYS
 
 log = logging.getLogger(__name__)
-SUBMITIT_DIR = "submitit"
 LOCAL_DEFAULT_MINUTES = 7 * 24 * 60
 
 

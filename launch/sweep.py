@@ -13,11 +13,10 @@ from typing import Any
 from common.config import Config, ConfigError, load_config, to_dict
 from launch.job import REQUEUE_COUNT, StageJob
 from launch.manifest import now
-from launch.records import add_job
+from launch.records import SUBMITIT_DIR, SWEEP_RECORD, add_job
 from launch.report import flat_numbers, read_summary
 from launch.slurm import LaunchError
 from launch.submit import (
-    SUBMITIT_DIR,
     Submitted,
     check_artifacts,
     check_run_dir,
@@ -28,7 +27,6 @@ from launch.submit import (
 )
 
 log = logging.getLogger(__name__)
-SWEEP_RECORD = "sweep.json"
 # Commas inside [...] or {...} belong to one YAML value, not to the list of sweep values.
 _SPLIT = re.compile(r",(?![^\[\{]*[\]\}])")
 
