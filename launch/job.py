@@ -118,7 +118,18 @@ class StageJob(submitit.helpers.Checkpointable):
                 exc.step,
             )
             return
-        subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
+        proc = subprocess.run(
+            ["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60
+        )
+        if proc.returncode != 0:
+            # E.g. the stop came from scancel: the job is ending for good, last.pt is written.
+            log.warning(
+                "stopped at step %d; SLURM did not requeue job %s (%s)",
+                exc.step,
+                job_id,
+                proc.stderr.strip(),
+            )
+            sys.exit(1)
         log.warning(
             "stopped at step %d; requeued SLURM job %s (%d/%d)",
             exc.step,

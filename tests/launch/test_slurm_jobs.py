@@ -179,3 +179,30 @@ def test_sweep_is_one_job_array(slurm_cluster, tiny_pretrain, tmp_path: Path, ca
     base = ids[0].split("_")[0]
     assert ids == [f"{base}_0", f"{base}_1"]
     assert "#SBATCH --array=0-1%2" in (out / "submitit" / f"{base}_submission.sh").read_text()
+
+
+def test_cancel_stops_every_job_of_a_pipeline(
+    slurm_cluster, fashion_scenes_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    tiny = Path(__file__).with_name("pretrain_tiny.yaml")
+    pipe = tmp_path / "two.yaml"
+    pipe.write_text(
+        f"""
+slurm: {{cpus_per_task: 1}}
+stages:
+  first: {{stage: pretrain, config: {tiny}, overrides: {{train.max_steps: 500}}}}
+  second: {{stage: pretrain, config: {tiny}, after: [first]}}
+"""
+    )
+    out = tmp_path / "p"
+    roots = [f"{s}.data.root={fashion_scenes_root}" for s in ("first", "second")]
+    args = ["pipeline", "--config", str(pipe), "--executor", "slurm", "--no-wait"]
+    assert main([*args, "--output-dir", str(out), *roots]) == 0
+    assert main(["cancel", str(out)]) == 0
+    assert "cancelled 2 job(s)" in capsys.readouterr().out
+    deadline = time.monotonic() + 60
+    while {r.state for r in collect(out)} != {"CANCELLED"}:
+        assert time.monotonic() < deadline, format_status(collect(out))
+        time.sleep(0.5)
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages["first"]["status"] == stages["second"]["status"] == "cancelled"
