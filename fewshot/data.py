@@ -27,19 +27,29 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ImagePool:
-    """Images of one split: ``tokens`` [N, L, 1 + h*w, C] (head-normalised, fp16),
-    ``masks`` uint8 [N, H, W] (the supervision source), ``gt`` uint8 [N, H, W] (ground
-    truth), ``labels`` ground-truth image-level labels, ``dataset`` for reading images."""
+    """Images of one split: ``tokens`` [N, L, 1 + h*w, C] (head-normalised, fp16) or None
+    when they are computed per batch by ``backbone``; ``masks`` uint8 [N, H, W] (the
+    supervision source), ``gt`` uint8 [N, H, W] (ground truth), ``labels`` ground-truth
+    image-level labels, ``dataset`` for reading images."""
 
     ids: list[str]
-    tokens: torch.Tensor
+    tokens: torch.Tensor | None
     masks: torch.Tensor
     gt: torch.Tensor
     labels: list[list[int]]
     dataset: Dataset
+    backbone: FrozenBackbone | None = None
+    layers: list[int] | None = None
 
     def image(self, index: int) -> torch.Tensor:
         return self.dataset[index]["image"]
+
+    def tokens_of(self, index: torch.Tensor) -> torch.Tensor:
+        """Tokens [B, L, 1 + h*w, C] of images ``index`` (from memory or a backbone pass)."""
+        if self.tokens is not None:
+            return self.tokens[index]
+        images = torch.stack([self.image(int(i)) for i in index])
+        return self.backbone.layer_tokens(images, self.layers)
 
 
 DATASET_FORMATS = {"voc": VOCSegmentation, "coco": COCOSegmentation}
@@ -121,25 +131,38 @@ def build_pool(
     cache_dir: str | Path,
     mask_dir: Path | None,
     batch_size: int,
+    cache_features: bool = True,
 ) -> ImagePool:
-    """Features (cached), supervision masks (GT or ``mask_dir``), GT masks and labels."""
+    """Features (cached on disk, or computed per batch when ``cache_features`` is off: the
+    full-size benchmarks), supervision masks (GT or ``mask_dir``), GT masks and labels."""
     base = base_dataset(ds)
     ids = split_ids(ds)
     size = base.image_size[0]
-    name, record = cache_key(ds, "layer_tokens", layers=list(layers))
-    tokens = cached(
-        cache_dir,
-        backbone.hash,
-        name,
-        record,
-        lambda: extract(
-            ds,
-            lambda x: {"tokens": backbone.layer_tokens(x, layers)},
-            batch_size,
-            desc=f"features {base.split}",
-        ),
-    )["tokens"]
     gt = read_gt_masks(ds, size)
     masks = gt if mask_dir is None else load_masks(ids, Path(mask_dir), size, "pseudo-mask")
     labels = [labels_of_mask(m) for m in gt.numpy()]
-    return ImagePool(ids=ids, tokens=tokens, masks=masks, gt=gt, labels=labels, dataset=ds)
+    tokens = None
+    if cache_features:
+        name, record = cache_key(ds, "layer_tokens", layers=list(layers))
+        tokens = cached(
+            cache_dir,
+            backbone.hash,
+            name,
+            record,
+            lambda: extract(
+                ds,
+                lambda x: {"tokens": backbone.layer_tokens(x, layers)},
+                batch_size,
+                desc=f"features {base.split}",
+            ),
+        )["tokens"]
+    return ImagePool(
+        ids=ids,
+        tokens=tokens,
+        masks=masks,
+        gt=gt,
+        labels=labels,
+        dataset=ds,
+        backbone=backbone,
+        layers=list(layers),
+    )

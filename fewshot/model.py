@@ -77,8 +77,8 @@ def one_way_batch(
     target[qmask == IGNORE_INDEX] = IGNORE_INDEX
     presence = torch.tensor([p[2] in pool.labels[p[0]] for p in pairs]).long()
     return {
-        "query": pool.tokens[q].to(device),
-        "support": pool.tokens[s].to(device),
+        "query": pool.tokens_of(q).to(device),
+        "support": pool.tokens_of(s).to(device),
         "support_mask": (pool.masks[s].long() == c).to(device),
         "target": target.to(device),
         "presence": presence.to(device),
@@ -130,8 +130,8 @@ def episode_probabilities(
         s = torch.tensor([p[3] for p in chunk])
         c = torch.tensor([p[4] for p in chunk]).view(-1, 1, 1)
         p_logits, m_logits = model(
-            pool.tokens[q].to(device),
-            sp.tokens[s].to(device),
+            pool.tokens_of(q).to(device),
+            sp.tokens_of(s).to(device),
             (sp.masks[s].long() == c).to(device),
         )
         p_prob = p_logits.softmax(-1)[:, 1].cpu()

@@ -24,7 +24,7 @@ THRESHOLDS = tuple(np.round(np.arange(-0.2, 1.0, 0.05), 3).tolist())
 
 def _patches(pool: ImagePool, index: int) -> torch.Tensor:
     """Last-layer patch tokens [h*w, C], unit norm (the pool stores per-head norms)."""
-    return F.normalize(pool.tokens[index, -1, 1:].float(), dim=-1)
+    return F.normalize(pool.tokens_of(torch.tensor([index]))[0, -1, 1:].float(), dim=-1)
 
 
 def prototype_scores(

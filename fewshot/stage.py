@@ -234,8 +234,9 @@ def load_pools(
     """(training pool, test pool, pool the test supports' masks come from)."""
     bs = cfg.data.feature_batch_size
     try:
-        train_pool = build_pool(train_ds, bb, layers, cache_dir, mask_dir, bs)
-        test_pool = build_pool(test_ds, bb, layers, cache_dir, None, bs)
+        keep = cfg.data.cache_features
+        train_pool = build_pool(train_ds, bb, layers, cache_dir, mask_dir, bs, keep)
+        test_pool = build_pool(test_ds, bb, layers, cache_dir, None, bs, keep)
         support_pool = test_pool
         if cfg.episodes.eval_support_masks == "train" and mask_dir is not None:
             masks = load_masks(test_pool.ids, mask_dir, cfg.data.image_size, "pseudo-mask")
