@@ -74,24 +74,20 @@ def test_pretrain_job_and_a_requeued_twin_end_identical(
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_two_tasks_init_distributed_from_slurm_variables(slurm_cluster, tmp_path: Path) -> None:
-    import submitit
-
-    from tests.launch.dist_probe import all_reduce_ranks
-
-    ex = submitit.SlurmExecutor(folder=tmp_path / "submitit")
-    ex.update_parameters(ntasks_per_node=2, cpus_per_task=1, time=5, job_name="dist-probe")
-    job = ex.submit(all_reduce_ranks)
-    results = job.results()
-    assert sorted(r["rank"] for r in results) == [0, 1]
-    assert all(r["world_size"] == 2 and r["source"] == "slurm" for r in results)
-    assert all(r["sum"] == 3.0 for r in results)
-    port = 20000 + int(job.job_id) % 20000  # derived from the job id
-    assert {r["master"] for r in results} == {f"{slurm_cluster_host()}:{port}"}
-
-
-def slurm_cluster_host() -> str:
-    return subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+def test_two_task_job_initialises_gloo_from_slurm_variables(
+    slurm_cluster, tiny_pretrain, tmp_path: Path
+) -> None:
+    """One pretrain job, 2 tasks: both ranks join one gloo group set up from SLURM_*."""
+    out = tmp_path / "ddp"
+    args = ["pretrain", *tiny_pretrain, "--executor", "slurm", ONE_CPU, "slurm.tasks_per_node=2"]
+    assert main([*args, "--output-dir", str(out), "train.max_steps=3"]) == 0
+    host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+    port = 20000 + int(_job_id(out)) % 20000  # the rendezvous port is derived from the job id
+    log = (out / "log.txt").read_text()
+    assert f"rank 0/2 (local 0) via slurm, backend gloo, master {host}:{port}" in log
+    assert "global batch 16" in log  # 2 processes x batch_size 8
+    assert "rank 1/2 (local 1) via slurm" in (out / "log.rank1.txt").read_text()
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
 
 
 def test_failing_stage_stops_dependents_and_status_shows_the_log(
