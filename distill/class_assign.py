@@ -90,12 +90,12 @@ def assign_classes(
     if rule not in RULES:
         raise ValueError(f"assign.rule must be one of {RULES}, got {rule!r}")
     out = torch.zeros_like(foreground, dtype=torch.long)
-    out[foreground == ignore_index] = ignore_index
     size = foreground.shape[-2:]
+    multi, empty = [], []
     for i, labs in enumerate(labels):
         labs = sorted(set(int(c) for c in labs))
         if not labs and empty_labels == "background":
-            out[i] = 0
+            empty.append(i)
             continue
         if not labs:
             raise ValueError(
@@ -104,14 +104,24 @@ def assign_classes(
                 "split, or set data.empty_labels=background if an empty label list means "
                 "'no object'"
             )
-        fg = foreground[i] == 1
         if rule == "first_label" or len(labs) == 1:
-            out[i][fg] = labs[0]
-            continue
+            out[i][foreground[i] == 1] = labs[0]
+        else:
+            multi.append((i, labs))
+    if multi:
         if scores is None:
             raise ValueError("assign.rule=prototype needs class scores for multi-label images")
-        sel = scores[i, labs][None]
-        sel = F.interpolate(sel, size=size, mode="bilinear", align_corners=False)[0]
-        best = torch.as_tensor(labs, device=out.device)[sel.argmax(dim=0)]
-        out[i][fg] = best[fg]
+        rows = [i for i, _ in multi]
+        # Only the image's own labels compete: the others get -inf before the argmax.
+        allowed = torch.zeros(len(rows), scores.shape[1], dtype=torch.bool)
+        for r, (_, labs) in enumerate(multi):
+            allowed[r, labs] = True
+        sel = F.interpolate(scores[rows].float(), size=size, mode="bilinear", align_corners=False)
+        sel = sel.masked_fill(~allowed.to(sel.device)[:, :, None, None], float("-inf"))
+        best = sel.argmax(dim=1)
+        for r, i in enumerate(rows):
+            fg = foreground[i] == 1
+            out[i][fg] = best[r][fg].to(out.device)
+    out[foreground == ignore_index] = ignore_index
+    out[empty] = 0  # known to show no object: background everywhere, nothing to ignore
     return out

@@ -72,7 +72,9 @@ class VariationAwareRefine(nn.Module):
         k = 2 * max(self.dilations) + 1
         mean = F.avg_pool2d(images, k, stride=1, padding=k // 2, count_include_pad=False)
         sq = F.avg_pool2d(images.square(), k, stride=1, padding=k // 2, count_include_pad=False)
-        inv = 1.0 / ((sq - mean.square()).clamp_min(0) + 1e-8) / self.appearance_weight**2
+        # The floor (colour std 0.01) keeps flat regions from giving huge logits whose
+        # exponentials underflow to denormals, which are very slow on CPUs.
+        inv = 1.0 / ((sq - mean.square()).clamp_min(0) + 1e-4) / self.appearance_weight**2
         inv = inv / images.shape[1]  # the mean over channels
         var_term = None
         if self.variation_weight > 0:

@@ -43,3 +43,8 @@ def test_prototype_bank_rejects_background_or_out_of_range_labels():
     bank = PrototypeBank(num_classes=3, dim=2)
     with pytest.raises(ValueError, match="outside 1..2"):
         bank.add(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1), [[3]])
+
+
+def test_an_image_known_to_be_empty_is_background_even_where_ignored():
+    fg = torch.tensor([[[255, 1], [1, 0]]])
+    assert assign_classes(fg, [[]], None, empty_labels="background").tolist() == [[[0, 0], [0, 0]]]
