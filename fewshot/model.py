@@ -91,10 +91,15 @@ def loss_fn(
     batch: dict[str, torch.Tensor],
     cls_weight: float,
     seg_weight: float,
+    fg_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted presence cross-entropy + per-pixel segmentation cross-entropy (ignore 255)."""
+    """Weighted presence cross-entropy + per-pixel segmentation cross-entropy (ignore 255);
+    ``fg_weight`` weighs foreground pixels against background ones (CST: 1)."""
     cls_loss = F.cross_entropy(presence_logits, batch["presence"])
-    seg_loss = F.cross_entropy(mask_logits, batch["target"], ignore_index=IGNORE_INDEX)
+    pixel_weights = mask_logits.new_tensor([1.0, fg_weight])
+    seg_loss = F.cross_entropy(
+        mask_logits, batch["target"], weight=pixel_weights, ignore_index=IGNORE_INDEX
+    )
     total = cls_weight * cls_loss + seg_weight * seg_loss
     return total, {"cls_loss": float(cls_loss.detach()), "seg_loss": float(seg_loss.detach())}
 

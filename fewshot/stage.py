@@ -210,6 +210,7 @@ def fit_head(
         weight_decay=cfg.train.weight_decay,
         cls_weight=cfg.train.cls_weight,
         seg_weight=cfg.train.seg_weight,
+        fg_weight=cfg.train.fg_weight,
         eval_every=cfg.train.eval_every,
         ckpt_every=cfg.train.ckpt_every,
         seed=cfg.seed,

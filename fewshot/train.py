@@ -42,6 +42,7 @@ class TrainSettings:
     weight_decay: float
     cls_weight: float
     seg_weight: float
+    fg_weight: float
     eval_every: int
     ckpt_every: int
     seed: int
@@ -110,7 +111,9 @@ def train_head(
             pool, [(e.query, e.supports[0][0], e.classes[0]) for e in eps], device
         )
         presence, seg = model(batch["query"], batch["support"], batch["support_mask"])
-        loss, parts = loss_fn(presence, seg, batch, settings.cls_weight, settings.seg_weight)
+        loss, parts = loss_fn(
+            presence, seg, batch, settings.cls_weight, settings.seg_weight, settings.fg_weight
+        )
         if not torch.isfinite(loss):
             raise NonFiniteLoss(
                 f"{tag}: loss is {float(loss.detach())} at step {step}; the last checkpoint "

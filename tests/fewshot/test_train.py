@@ -49,6 +49,7 @@ def _settings(steps, eval_every=100):
         weight_decay=0.0,
         cls_weight=0.1,
         seg_weight=1.0,
+        fg_weight=1.0,
         eval_every=eval_every,
         ckpt_every=100,
         seed=0,
