@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from common.rundir import MetricsLogger
-from launch.__main__ import main
 from launch.manifest import ArtifactError, Manifest, sha256_path
 from launch.report import flat_numbers, write_report
 from launch.sweep import parse_axes, point_name
@@ -82,18 +81,3 @@ def test_sweep_axes_keep_yaml_lists_whole() -> None:
     assert axes == {"train.lr": ["1e-3", "1e-4"], "seed": ["0", "1", "2"]}
     assert fixed == ["crops.global_scale=[0.4,1.0]"]
     assert point_name({"train.lr": "1e-3", "data.root": "/x y"}) == "train.lr=1e-3_data.root=-x-y"
-
-
-def test_inline_sweep_runs_every_point_and_prints_a_table(
-    tiny_pretrain: list[str], tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    out = tmp_path / "sweep"
-    args = ["sweep", "--stage", "pretrain", *tiny_pretrain, "--executor", "inline"]
-    assert main([*args, "--output-dir", str(out), "train.max_steps=2", "seed=0,1"]) == 0
-    table = capsys.readouterr().out
-    assert "| seed | steps" in table
-    assert table.count("| 2 |") == 2  # both points ran their 2 steps
-    record = json.loads((out / "sweep.json").read_text())
-    assert [p["point"] for p in record["points"]] == [{"seed": "0"}, {"seed": "1"}]
-    for p in record["points"]:
-        assert (Path(p["run_dir"]) / "export" / "backbone.pth").is_file()

@@ -171,6 +171,10 @@ def test_sweep_is_one_job_array(slurm_cluster, tiny_pretrain, tmp_path: Path, ca
     assert main([*args, "--output-dir", str(out), "train.max_steps=2", "seed=0,1"]) == 0
     assert capsys.readouterr().out.count("| 2 |") == 2
     points = json.loads((out / "sweep.json").read_text())["points"]
+    assert [p["point"] for p in points] == [{"seed": "0"}, {"seed": "1"}]
+    for p in points:  # one run directory per point, each a complete run
+        assert Path(p["run_dir"]).name == f"seed={p['point']['seed']}"
+        assert (Path(p["run_dir"]) / "export" / "backbone.pth").is_file()
     ids = [p["job"]["job_id"] for p in points]
     base = ids[0].split("_")[0]
     assert ids == [f"{base}_0", f"{base}_1"]
