@@ -17,6 +17,8 @@ from pathlib import Path
 
 from common.cli import run_stage
 from common.config import load_config
+from fewshot.probe.stage import run as probe_stage_run
+from fewshot.stage import run as fscs_run
 
 MODELS = ("head", "random_head", "prototype")
 
@@ -40,9 +42,7 @@ def fscs_runs(args: argparse.Namespace) -> list[dict]:
                 overrides.append(f"pseudo_masks={args.pseudo_masks}")
             cfg = load_config("fewshot", "fashion_tiny", overrides)
             start = time.perf_counter()
-            from fewshot.stage import run
-
-            res = run_stage("fewshot", run, cfg, out, force=True)
+            res = run_stage("fewshot", fscs_run, cfg, out, force=True)
             rows.append(
                 {"fold": fold, "supervision": sup, "seconds": time.perf_counter() - start, **res}
             )
@@ -50,8 +50,6 @@ def fscs_runs(args: argparse.Namespace) -> list[dict]:
 
 
 def probe_run(args: argparse.Namespace) -> dict:
-    from fewshot.probe.stage import run
-
     overrides = [
         f"backbone={args.backbone}",
         f"data.cache_dir={args.out / 'cache'}",
@@ -59,7 +57,7 @@ def probe_run(args: argparse.Namespace) -> dict:
     ]
     cfg = load_config("fewshot/probe", "fashion_tiny", overrides)
     start = time.perf_counter()
-    res = run_stage("fewshot/probe", run, cfg, args.out / "probe", force=True)
+    res = run_stage("fewshot/probe", probe_stage_run, cfg, args.out / "probe", force=True)
     return {"seconds": time.perf_counter() - start, **res}
 
 

@@ -138,8 +138,9 @@ def make_episodes(
         **common_kw,
     )
     val: list[Episode] = []
+    n_val_queries = 0
     if n_val:
-        val = _sampler(
+        val_sampler = _sampler(
             "validation episodes",
             classes=train_classes,
             way=1,
@@ -147,7 +148,8 @@ def make_episodes(
             images=val_idx,
             seed=cfg.episodes.seed,
             **common_kw,
-        ).fixed(cfg.episodes.val_episodes)
+        )
+        val, n_val_queries = val_sampler.fixed(cfg.episodes.val_episodes), len(val_sampler)
     test = {}
     for way in sorted({1, cfg.way}):
         sampler = _sampler(
@@ -161,11 +163,12 @@ def make_episodes(
         )
         test[way] = sampler.fixed(cfg.episodes.test_episodes)
     log.info(
-        "fold %d: training classes %s on %d images (%d held out for validation, classes %s); "
-        "test classes %s on %d query images",
+        "fold %d: training classes %s on %d images (validation: %d of %d held-out images, "
+        "classes %s); test classes %s on %d query images",
         cfg.fold,
         train.classes,
         len(train),
+        n_val_queries,
         n_val,
         "none" if not n_val else sorted({e.classes[0] for e in val}),
         sampler.classes,
