@@ -185,7 +185,8 @@ def plan(
         if not force:
             check_run_dir(run_dir, stage, cfg_obj)
         item = PlannedStage(name, stage, cfg_obj, run_dir, slurm, after, consumes)
-        item.skip = _already_done(recorded.get(name), cfg, name, manifest)
+        # --force runs every stage again (its outputs are produced and recorded anew).
+        item.skip = not force and _already_done(recorded.get(name), cfg, name, manifest)
         planned.append(item)
     # A stage whose producer runs again must run again too.
     rerun = {p.name for p in planned if not p.skip}
@@ -277,7 +278,11 @@ def submit_pipeline(
             if executor == "slurm":
                 cancel([s.job_id for s in submitted.values()])
             _mark_not_run(manifest, planned, p.name)
-            raise
+            if executor != "inline":
+                raise
+            # In-process: the stage's own error is the news; show it, then report as usual.
+            log.exception("stage '%s' failed", p.name)
+            break
         manifest.update_stage(p.name, job_id=sub.job_id, executor=sub.executor, submitted=now())
         submitted[p.name] = sub
         out.append(sub)

@@ -47,6 +47,9 @@ def _entries(path: Path) -> list[tuple[str, Path, dict | None]]:
             job = None
             if entry.get("job_id"):
                 job = {"job_id": entry["job_id"], "executor": entry.get("executor", "slurm")}
+            elif entry.get("status") == "failed":
+                # A stage that failed in-process never got its job id into the manifest.
+                job = (read_record(entry["run_dir"]).get("jobs") or [None])[-1]
             out.append((name, Path(entry["run_dir"]), job))
         return out
     if (path / SWEEP_RECORD).is_file():

@@ -41,6 +41,7 @@ def inside_allocation() -> bool:
 
 
 def effective_executor(executor: str) -> str:
+    """The executor to use: ``inline`` inside an allocation we did not submit."""
     if executor not in EXECUTORS:
         raise LaunchError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if executor != "inline" and inside_allocation():
