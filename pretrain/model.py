@@ -92,8 +92,15 @@ class Encoder(nn.Module):
         self.pixel_head = (
             PixelHead(dim, self.patch_size, heads_cfg.pixel.hidden_dim) if use_pixel_head else None
         )
+        if cls.input not in ("cls", "avg"):
+            raise ValueError(f"heads.cls.input must be 'cls' or 'avg', got {cls.input!r}")
+        self.head_input = cls.input
         self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def summary(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The image-level token the cls head sees: the cls token or the mean patch token."""
+        return tokens[:, 0] if self.head_input == "cls" else tokens[:, self.prefix :].mean(dim=1)
 
     def patch_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         head = self.patch_head if self.patch_head is not None else self.cls_head
@@ -112,10 +119,10 @@ class Encoder(nn.Module):
         and for the masked patches ``patch_logits`` and ``pixel_pred`` when those heads run.
         """
         g_tokens = encode_tokens(self.backbone, global_crops, masks, self.mask_token)
-        cls_tokens = [g_tokens[:, 0]]
+        cls_tokens = [self.summary(g_tokens)]
         if local_crops is not None:
-            cls_tokens.append(encode_tokens(self.backbone, local_crops)[:, 0])
-        out = {"cls_logits": self.cls_head(torch.cat(cls_tokens)), "cls_tokens": g_tokens[:, 0]}
+            cls_tokens.append(self.summary(encode_tokens(self.backbone, local_crops)))
+        out = {"cls_logits": self.cls_head(torch.cat(cls_tokens)), "cls_tokens": cls_tokens[0]}
         masked = g_tokens[:, self.prefix :][masks.flatten(1)]
         if with_patch_logits:
             out["patch_logits"] = self.patch_logits(masked)
@@ -129,7 +136,7 @@ class Encoder(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Teacher logits on unmasked global crops (patch logits at the student's masked spots)."""
         tokens = encode_tokens(self.backbone, global_crops)
-        out = {"cls_logits": self.cls_head(tokens[:, 0])}
+        out = {"cls_logits": self.cls_head(self.summary(tokens))}
         if with_patch_logits:
             out["patch_logits"] = self.patch_logits(tokens[:, self.prefix :][masks.flatten(1)])
         return out

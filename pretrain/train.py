@@ -212,8 +212,8 @@ class Trainer:
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             message = (
-                f"non-finite loss or gradient at step {self.step} (loss {float(loss.detach()):.4g}, grad "
-                f"norm {float(grad_norm):.4g})"
+                f"non-finite loss or gradient at step {self.step} (loss "
+                f"{float(loss.detach()):.4g}, grad norm {float(grad_norm):.4g})"
             )
             if self.cfg.train.on_nonfinite == "stop":
                 raise NonFiniteLossError(

@@ -1,0 +1,72 @@
+"""The meta-architecture: loss terms present per preset, EMA update, teacher without gradient."""
+
+import pytest
+import torch
+
+from pretrain.heads import DINOHead
+from pretrain.model import MetaArch
+
+
+def _batch(cfg, b=4):
+    c = cfg.crops
+    grid = c.global_size // cfg.model.patch_size
+    masks = torch.zeros(2, b, grid, grid, dtype=torch.bool)
+    masks[0, :2, :1] = True
+    return {
+        "global_crops": torch.randn(2, b, 3, c.global_size, c.global_size),
+        "local_crops": torch.randn(c.num_local, b, 3, c.local_size, c.local_size),
+        "masks": masks,
+    }
+
+
+@pytest.mark.parametrize(
+    "preset,terms",
+    [
+        ("dino", {"loss_dino"}),
+        ("ibot", {"loss_dino", "loss_ibot"}),
+        ("msn", {"loss_dino", "loss_memax"}),
+        ("maskcluster", {"loss_dino", "loss_ibot", "loss_pixel"}),
+    ],
+)
+def test_presets_compute_their_terms_and_only_the_student_gets_gradients(
+    tiny_config, preset, terms
+):
+    cfg = tiny_config(preset, "loss.koleo_weight=0.1")
+    model = MetaArch(cfg)
+    loss, stats = model(_batch(cfg), teacher_temp=0.04)
+    assert terms | {"loss_koleo"} == {k for k in stats if k.startswith("loss_")}
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    assert model.student.backbone.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+def test_teacher_is_an_ema_of_the_student(tiny_config):
+    model = MetaArch(tiny_config("dino"))
+    with torch.no_grad():
+        for p in model.student.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in model.teacher.parameters()]
+    model.update_teacher(0.9)
+    for t_old, t_new, s in zip(before, model.teacher.parameters(), model.student.parameters()):
+        assert torch.allclose(t_new, 0.9 * t_old + 0.1 * s)
+
+
+def test_mean_patch_token_head_input(tiny_config):
+    cfg = tiny_config("dino", "heads.cls.input=avg")
+    loss, _ = MetaArch(cfg)(_batch(cfg), teacher_temp=0.04)
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="heads.cls.input"):
+        MetaArch(tiny_config("dino", "heads.cls.input=max"))
+
+
+def test_dino_head_prototypes_give_cosine_logits():
+    head = DINOHead(16, 10, hidden_dim=32, bottleneck_dim=8)
+    logits = head(torch.randn(5, 16) * 100)
+    assert logits.abs().max() <= 1 + 1e-5
+    assert not head.last_layer.parametrizations.weight.original0.requires_grad
+
+
+def test_all_terms_off_is_an_error(tiny_config):
+    with pytest.raises(ValueError, match="enable at least one"):
+        MetaArch(tiny_config("dino", "loss.dino.weight=0.0"))
