@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from common.backbone import backbone_hash, load_backbone, num_prefix_tokens
-from common.checkpoint import atomic_torch_save
+from common.checkpoint import CheckpointError, atomic_torch_save
+from common.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,14 @@ log = logging.getLogger(__name__)
 # may override them in meta["normalize"] = {"mean": [...], "std": [...]}.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def open_backbone(export: str | Path, device: torch.device) -> FrozenBackbone:
+    """``FrozenBackbone`` with a missing or mismatched export reported as a ConfigError."""
+    try:
+        return FrozenBackbone(export, device)
+    except CheckpointError as exc:
+        raise ConfigError(f"backbone={export}: {exc}") from None
 
 
 def normalisation(info: dict) -> tuple[torch.Tensor, torch.Tensor]:

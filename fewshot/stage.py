@@ -26,7 +26,7 @@ from common.runtime import resolve_device
 from fewshot.data import ImagePool, base_dataset, build_pool, load_masks, open_split
 from fewshot.episodes import Episode, EpisodeError, EpisodeSampler
 from fewshot.evaluate import assemble, score
-from fewshot.features import FrozenBackbone
+from fewshot.features import FrozenBackbone, open_backbone
 from fewshot.model import FSCSModel, episode_probabilities
 from fewshot.prototype import choose_thresholds, prototype_scores
 from fewshot.train import TrainSettings, train_head
@@ -274,7 +274,7 @@ def run(cfg: Config, run: RunDir) -> dict:
     class_names = base_dataset(train_ds).class_names
     num_classes = len(class_names)
 
-    backbones = {"head": FrozenBackbone(cfg.backbone, device)}
+    backbones = {"head": open_backbone(cfg.backbone, device)}
     if cfg.baselines.random_backbone:
         rand_dir = random_export(backbones["head"], run.root / "random_backbone", cfg.seed)
         backbones["random_head"] = FrozenBackbone(rand_dir, device)

@@ -22,7 +22,7 @@ from common.datasets.voc import labels_of_mask
 from common.rundir import RunDir
 from common.runtime import resolve_device
 from fewshot.data import base_dataset, cache_key, open_split, read_gt_masks, split_ids
-from fewshot.features import FrozenBackbone, cached, extract
+from fewshot.features import FrozenBackbone, cached, extract, open_backbone
 from fewshot.probe.knn import knn_accuracy
 from fewshot.probe.logreg import logreg_probe
 from fewshot.probe.multilabel import label_matrix, multilabel_probe
@@ -124,7 +124,7 @@ def run(cfg: Config, run: RunDir) -> dict:
         len(data.scenes["train"]),
         len(data.scenes["test"]),
     )
-    backbones = {"backbone": FrozenBackbone(cfg.backbone, device)}
+    backbones = {"backbone": open_backbone(cfg.backbone, device)}
     if cfg.baselines.random_backbone:
         rand = random_export(backbones["backbone"], run.root / "random_backbone", cfg.seed)
         backbones["random_backbone"] = FrozenBackbone(rand, device)
