@@ -48,7 +48,9 @@ def test_teacher_is_an_ema_of_the_student(tiny_config):
             p.add_(1.0)
     before = [p.clone() for p in model.teacher.parameters()]
     model.update_teacher(0.9)
-    for t_old, t_new, s in zip(before, model.teacher.parameters(), model.student.parameters()):
+    for t_old, t_new, s in zip(
+        before, model.teacher.parameters(), model.student.parameters(), strict=True
+    ):
         assert torch.allclose(t_new, 0.9 * t_old + 0.1 * s)
 
 
