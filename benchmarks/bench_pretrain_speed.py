@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     base = next(iter(rows.values()))
     print(f"CPU, {args.threads} torch threads, {args.steps} timed steps after 1 warm-up step\n")
     print(
-        "| recipe | crops | batch | backbone params | step (s) | images/s | ratio | peak RSS (MiB) |"
+        "| recipe | crops | batch | backbone params | step (s) | images/s | ratio "
+        "| peak RSS (MiB) |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
