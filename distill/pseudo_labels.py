@@ -21,6 +21,7 @@ from common.config import Config
 from common.datasets.palette import write_mask
 from common.metrics import IGNORE_INDEX
 from distill.attention_maps import AttentionOutput, extract_attention, upsample
+from distill.baselines import border_contrast_saliency
 from distill.class_assign import PrototypeBank, assign_classes, class_scores
 from distill.enhancer import Enhancer, enhancer_inputs, predict_foreground
 from distill.mask_rules import threshold_for
@@ -169,11 +170,19 @@ class PseudoLabeler:
         return self.classes(fg, batch.labels, att), fg
 
     def enhancer_inputs(self, batch: Batch, att: AttentionOutput, weak_fg: torch.Tensor):
-        """Enhancer input stack: image, every head map, the weak foreground (ignore = 0.5)."""
+        """Enhancer input stack: image, every head map (+ colour contrast), weak foreground.
+
+        Ignore pixels of the weak foreground enter as 0.5. With ``enhancer.colour_contrast``
+        the border-contrast map joins the head maps: a global cue (distance to the border's
+        colour) that the enhancer's small receptive field could not compute itself.
+        """
         coarse = weak_fg.float()
         coarse[weak_fg == IGNORE_INDEX] = 0.5
-        res = self.cfg.enhancer.resolution
-        return enhancer_inputs(batch.images.to(coarse.device), att.heads, coarse, res)
+        images = batch.images.to(coarse.device)
+        maps = upsample(att.heads, tuple(images.shape[-2:]))
+        if self.cfg.enhancer.colour_contrast:
+            maps = torch.cat([maps, border_contrast_saliency(images)[:, None]], dim=1)
+        return enhancer_inputs(images, maps, coarse, self.cfg.enhancer.resolution)
 
     def enhanced(self, batch: Batch, enhancer: Enhancer, att: AttentionOutput | None = None):
         """Class masks whose foreground comes from the enhancer (prob >= 0.5)."""
