@@ -17,7 +17,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from common.backbone import backbone_hash, load_backbone, num_prefix_tokens
+from common.backbone import (
+    backbone_hash,
+    build_backbone,
+    export_backbone,
+    load_backbone,
+    num_prefix_tokens,
+)
 from common.checkpoint import CheckpointError, atomic_torch_save
 from common.config import ConfigError
 
@@ -147,3 +153,11 @@ def cached(
     atomic_torch_save({"record": want, "tensors": tensors}, path)
     log.info("features cached at %s", path)
     return tensors
+
+
+def random_export(like: FrozenBackbone, out: Path, seed: int) -> Path:
+    """A randomly initialised backbone of the same shape, exported for the baseline."""
+    torch.manual_seed(seed)
+    model = build_backbone(like.info["timm_kwargs"])
+    meta = {**like.info.get("meta", {}), "note": "random init (fewshot baseline)", "seed": seed}
+    return export_backbone(model, like.info["timm_kwargs"], out, meta)

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.backbone import build_backbone, export_backbone
 from common.config import Config, ConfigError
 from common.datasets import folds
 from common.datasets.errors import DatasetNotFoundError
@@ -26,7 +25,7 @@ from common.runtime import resolve_device
 from fewshot.data import ImagePool, base_dataset, build_pool, load_masks, open_split
 from fewshot.episodes import Episode, EpisodeError, EpisodeSampler
 from fewshot.evaluate import assemble, score
-from fewshot.features import FrozenBackbone, open_backbone
+from fewshot.features import FrozenBackbone, open_backbone, random_export
 from fewshot.model import FSCSModel, episode_probabilities
 from fewshot.prototype import choose_thresholds, prototype_scores
 from fewshot.train import TrainSettings, train_head
@@ -77,14 +76,6 @@ def check_setting(cfg: Config) -> tuple[list[int], list[int]]:
     if cfg.backbone is None:
         raise ConfigError("backbone=<pretrain run dir or export dir> is required")
     return test_classes, train_classes
-
-
-def random_export(like: FrozenBackbone, out: Path, seed: int) -> Path:
-    """A randomly initialised backbone of the same shape, exported for the baseline."""
-    torch.manual_seed(seed)
-    model = build_backbone(like.info["timm_kwargs"])
-    meta = {**like.info.get("meta", {}), "note": "random init (fewshot baseline)", "seed": seed}
-    return export_backbone(model, like.info["timm_kwargs"], out, meta)
 
 
 def _sampler(name: str, **kwargs) -> EpisodeSampler:

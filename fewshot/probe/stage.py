@@ -22,14 +22,13 @@ from common.datasets.voc import labels_of_mask
 from common.rundir import RunDir
 from common.runtime import resolve_device
 from fewshot.data import base_dataset, cache_key, open_split, read_gt_masks, split_ids
-from fewshot.features import FrozenBackbone, cached, extract, open_backbone
+from fewshot.features import FrozenBackbone, cached, extract, open_backbone, random_export
 from fewshot.probe.knn import knn_accuracy
 from fewshot.probe.logreg import logreg_probe
 from fewshot.probe.multilabel import label_matrix, multilabel_probe
 from fewshot.probe.report import accuracy_plot, format_table, summarise
 from fewshot.probe.segmentation import segmentation_probe
 from fewshot.probe.splits import draw_split, load_or_draw, setting_counts
-from fewshot.stage import random_export
 
 log = logging.getLogger(__name__)
 FEATURE_PARTS = ("cls", "patch_mean")
