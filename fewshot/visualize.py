@@ -15,6 +15,7 @@ import torch  # noqa: E402
 from common.datasets.palette import voc_palette  # noqa: E402
 from fewshot.data import ImagePool  # noqa: E402
 from fewshot.episodes import Episode  # noqa: E402
+from fewshot.evaluate import episode_target  # noqa: E402
 
 _PALETTE = np.array(voc_palette(), dtype=np.float32).reshape(256, 3) / 255.0
 
@@ -56,7 +57,10 @@ def episode_grid(
         panels = (
             (query.permute(1, 2, 0).numpy(), "query"),
             (_overlay(query, pred.numpy()), f"pred: {', '.join(said) or 'none'}"),
-            (_overlay(query, pool.gt[ep.query].numpy()), f"true: {', '.join(truth) or 'none'}"),
+            (
+                _overlay(query, episode_target(pool.gt[ep.query], ep.classes).numpy()),
+                f"true: {', '.join(truth) or 'none'}",
+            ),
         )
         for k, (img, title) in enumerate(panels):
             axes[row, n_sup + k].imshow(img)
