@@ -102,7 +102,9 @@ def format_status(rows: list[RunStatus]) -> str:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in r.last_metrics.items())
         step = "-" if r.last_step is None else str(r.last_step)
         lines.append(f"{r.name:<16} {job:<12} {state:<28} {step:>6}  {metrics}")
-        if r.state not in ("COMPLETED", "RUNNING", "PENDING"):
+        if r.job is None:
+            notes.append(f"  {r.name}: not submitted")
+        elif r.state not in ("COMPLETED", "RUNNING", "PENDING"):
             log = r.logs.get("stderr") or r.logs["stage"]
             err = f": {r.job.error}" if r.job and r.job.error else ""
             notes.append(f"  {r.name}: {r.state}{err}\n    logs: {log} and {r.logs['stage']}")
