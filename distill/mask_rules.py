@@ -72,3 +72,19 @@ def apply_threshold(maps: torch.Tensor, thresholds: torch.Tensor) -> torch.Tenso
     """Boolean foreground: ``maps`` [B, ...] >= the image's threshold."""
     shape = (-1,) + (1,) * (maps.dim() - 1)
     return maps >= thresholds.reshape(shape)
+
+
+def border_polarity(maps: torch.Tensor, thresholds: torch.Tensor, border: int = 2) -> torch.Tensor:
+    """Flip maps [B, H, W] whose foreground covers most of the image border (per image).
+
+    Objects rarely fill the frame's edge, so when more than half of the border strip is
+    above the threshold the map is taken to highlight the background (attention heads of
+    weak backbones often do) and is mirrored, ``min + max - x``, keeping its value range.
+    """
+    strip = torch.ones(maps.shape[-2:], dtype=torch.bool, device=maps.device)
+    strip[border:-border, border:-border] = False
+    share = (maps[:, strip] >= thresholds[:, None]).float().mean(dim=1)
+    flip = (share > 0.5)[:, None, None]
+    lo = maps.flatten(1).amin(1)[:, None, None]
+    hi = maps.flatten(1).amax(1)[:, None, None]
+    return torch.where(flip, lo + hi - maps, maps)

@@ -24,7 +24,7 @@ from distill.attention_maps import AttentionOutput, extract_attention, upsample
 from distill.baselines import border_contrast_saliency
 from distill.class_assign import PrototypeBank, assign_classes, class_scores
 from distill.enhancer import Enhancer, enhancer_inputs, predict_foreground
-from distill.mask_rules import threshold_for
+from distill.mask_rules import border_polarity, threshold_for
 from distill.refine import VariationAwareRefine, dual_threshold
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,9 @@ class PseudoLabeler:
         """(foreground labels 0/1/255 [B, H, W], per-image thresholds [B]) from ``raw``."""
         m = self.cfg.mask
         t = threshold_for(raw, m.rule, m.value_threshold, m.mass)
+        if m.border_polarity:
+            raw = border_polarity(raw, t)
+            t = threshold_for(raw, m.rule, m.value_threshold, m.mass)
         if not refine:
             return (raw >= t[:, None, None]).long(), t
         refined = self.refiner(images.to(raw.device), raw[:, None])[:, 0]

@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from distill.mask_rules import apply_threshold, mass_threshold, otsu_threshold, threshold_for
+from distill.mask_rules import (
+    apply_threshold,
+    border_polarity,
+    mass_threshold,
+    otsu_threshold,
+    threshold_for,
+)
 
 
 def test_value_rule_is_a_fixed_cut():
@@ -35,3 +41,13 @@ def test_otsu_splits_two_modes_per_image():
 def test_unknown_rule_names_the_choices():
     with pytest.raises(ValueError, match="value, mass|'value', 'mass'"):
         threshold_for(torch.rand(1, 2, 2), "median")
+
+
+def test_border_polarity_flips_maps_that_highlight_the_background():
+    inverted = torch.ones(1, 8, 8)
+    inverted[0, 3:5, 3:5] = 0.0  # a dark object in a bright frame
+    normal = 1 - inverted
+    maps = torch.cat([inverted, normal])
+    t = torch.full((2,), 0.5)
+    out = border_polarity(maps, t)
+    assert torch.equal(out[0], normal[0]) and torch.equal(out[1], normal[0])
