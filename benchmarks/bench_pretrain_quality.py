@@ -8,6 +8,9 @@ single-object train scene as the bank. Queries: every single-object val (test) s
 
     python benchmarks/bench_pretrain_quality.py --data data/fashion_scenes \\
         --runs runs/pt_dino runs/pt_maskcluster --seeds 5 --out /tmp/quality.md
+
+``--variants NAME=k=v,k=v ...`` first trains each variant of ``--base-config`` (fashion_tiny)
+for ``--train-steps`` steps into ``--work/NAME`` (wall-clock recorded) and adds it to the runs.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,19 +62,46 @@ def run_name(path: Path) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="data/fashion_scenes", help="FashionScenes root")
-    parser.add_argument("--runs", nargs="+", required=True, help="run dirs or export folders")
+    parser.add_argument("--runs", nargs="*", default=[], help="run dirs or export folders")
+    parser.add_argument("--variants", nargs="*", default=[], help="NAME=k=v,k=v to train first")
+    parser.add_argument("--base-config", default="fashion_tiny", help="config the variants modify")
+    parser.add_argument("--train-steps", type=int, default=100, help="steps per variant")
+    parser.add_argument("--work", default="runs/bench_pretrain", help="variant run directories")
     parser.add_argument("--seeds", type=int, default=5, help="seeded low-shot splits per setting")
     parser.add_argument("--pooling", default="cls", choices=["cls", "avg", "cls_avg"])
     parser.add_argument("--out", default=None, help="also write the markdown table here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
+    runs = list(args.runs)
+    for spec in args.variants:
+        name, _, overrides = spec.partition("=")
+        out = Path(args.work) / name
+        cmd = [
+            sys.executable,
+            "-m",
+            "pretrain",
+            "--config",
+            args.base_config,
+            "--output-dir",
+            str(out),
+            "--force",
+            f"train.max_steps={args.train_steps}",
+            "eval.every=0",
+            f"data.root={args.data}",
+            *[o for o in overrides.split(",") if o],
+        ]
+        log.info("training variant %s: %s", name, " ".join(cmd[2:]))
+        subprocess.run(cmd, check=True, capture_output=True)
+        runs.append(str(out))
+    if not runs:
+        parser.error("give --runs and/or --variants")
 
     train_x, train_y = single_object_images(args.data, "train")
     test_x, test_y = single_object_images(args.data, "val")
     log.info("%d labelled train / %d test single-object scenes", len(train_y), len(test_y))
     rows = []
-    first, info = load_backbone(args.runs[0])
+    first, info = load_backbone(runs[0])
     size = int(info["timm_kwargs"]["img_size"])
     rows.append(
         evaluate(
@@ -92,7 +124,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             args.seeds,
         )
     )
-    for run in args.runs:
+    for run in runs:
         model, info = load_backbone(run)
         size = int(info["timm_kwargs"]["img_size"])
         rows.append(
