@@ -172,7 +172,7 @@ def logreg_all(cfg: Config, split_dir: Path, x: dict, data: ProbeData) -> dict:
         for seed in range(cfg.seed, cfg.seed + cfg.logreg.num_splits):
             path = split_dir / f"{setting}_seed{seed}.json"
             try:
-                idx = load_or_draw(path, setting, seed, y_train, ids)
+                idx = load_or_draw(path, setting, seed, y_train, ids, len(data.ids["train"]))
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
             fit = logreg_probe(
@@ -206,7 +206,9 @@ def knn_all(cfg: Config, x: dict, data: ProbeData) -> dict:
         idx = (
             np.arange(len(y_train))
             if pct >= 100
-            else draw_split(y_train, setting_counts(f"pct{pct:g}", y_train), cfg.seed)
+            else draw_split(
+                y_train, setting_counts(f"pct{pct:g}", y_train, len(data.ids["train"])), cfg.seed
+            )
         )
         out[f"pct{pct:g}"] = knn_accuracy(
             xs_train[idx], y_train[idx], xs_test, y_test, cfg.knn.ks, cfg.knn.temperature

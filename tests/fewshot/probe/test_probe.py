@@ -32,6 +32,8 @@ def test_splits_are_seeded_balanced_and_saved(tmp_path):
     assert np.array_equal(a, draw_split(labels, setting_counts("shot2", labels), seed=0))
     assert not np.array_equal(a, draw_split(labels, setting_counts("shot2", labels), seed=1))
     assert setting_counts("pct1", labels) == {1: 1, 2: 1, 3: 2}
+    # 1 % of a 5000-image training split = 50 labels, spread by class frequency.
+    assert setting_counts("pct1", labels, 5000) == {1: 2, 2: 1, 3: 46}
     ids = [f"img{i}" for i in range(len(labels))]
     path = tmp_path / "shot2_seed0.json"
     first = load_or_draw(path, "shot2", 0, labels, ids)
