@@ -24,7 +24,7 @@ from distill.attention_maps import AttentionOutput, extract_attention, upsample
 from distill.baselines import border_contrast_saliency
 from distill.class_assign import PrototypeBank, assign_classes, class_scores
 from distill.enhancer import Enhancer, enhancer_inputs, predict_foreground
-from distill.mask_rules import border_polarity, threshold_for
+from distill.mask_rules import border_polarity, otsu_threshold, threshold_for
 from distill.refine import VariationAwareRefine, dual_threshold
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,18 @@ class PseudoLabeler:
         return state
 
     def saliency(self, att: AttentionOutput, size: tuple[int, int]) -> torch.Tensor:
-        """The head-mean map upsampled to pixels [B, H, W]."""
-        return upsample(att.saliency, size)
+        """The head-mean map upsampled to pixels [B, H, W].
+
+        With ``mask.border_polarity`` each head is first mirrored if it lights up the
+        image border (cut at its own Otsu threshold), so heads that attend to the
+        background add to the object instead of cancelling it in the mean.
+        """
+        if not self.cfg.mask.border_polarity:
+            return upsample(att.saliency, size)
+        b, k, h, w = att.heads.shape
+        flat = att.heads.reshape(b * k, h, w)
+        flat = border_polarity(flat, otsu_threshold(flat), border=1)
+        return upsample(flat.reshape(b, k, h, w).mean(dim=1), size)
 
     def foreground(
         self, images: torch.Tensor, raw: torch.Tensor, refine: bool
