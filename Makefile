@@ -11,11 +11,12 @@ JOBS ?= 2
 
 .PHONY: venv apt-data apt-slurm test demo lint format bench clean
 
-$(STAMP): setup.py constraints.txt
+$(STAMP): setup.py constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt torch torchvision
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,coco]'
+	# compat mode: a .pth path entry, so packages added after install import too
+	$(PIP) install --quiet -c constraints.txt --config-settings editable_mode=compat -e '.[dev,coco]'
 	touch $(STAMP)
 
 venv: $(STAMP)
