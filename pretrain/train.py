@@ -96,7 +96,10 @@ class Trainer:
         self.model = MetaArch(cfg).to(self.device)
         self.student: torch.nn.Module = self.model.student
         if self.world > 1:
-            self.student = DistributedDataParallel(self.model.student)
+            # Without the cls loss (pixel-only runs) the cls head gets no gradient.
+            self.student = DistributedDataParallel(
+                self.model.student, find_unused_parameters=not self.model.use_dino
+            )
             # DDP broadcast rank 0's student; the teacher starts as that same copy everywhere.
             self.model.teacher.load_state_dict(self.model.student.state_dict())
         self.optimizer = torch.optim.AdamW(param_groups(self.model.student))

@@ -184,3 +184,29 @@ def test_two_process_ddp_on_cpu(fashion_scenes_root, tmp_path):
     sums = [re.search(r"teacher checksum (\S+)", text).group(1) for text in (log0, log1)]
     assert sums[0] == sums[1]
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 3
+
+
+def test_preemption_checkpoints_then_resumes(tiny_config, tmp_path):
+    from common.preemption import Preempted, clear_stop, request_stop
+
+    cfg = tiny_config("dino", "train.max_steps=4")
+    request_stop("test")
+    try:
+        with pytest.raises(Preempted) as info:
+            run_stage("pretrain", run, cfg, tmp_path)
+    finally:
+        clear_stop()
+    assert info.value.step == 1
+    assert load_torch_file(tmp_path / "checkpoints" / "last.pt")["step"] == 1
+    assert run_stage("pretrain", run, cfg, tmp_path)["steps"] == 4
+
+
+def test_trains_on_a_plain_image_folder(fashion_scenes_root, tiny_config, tmp_path):
+    import shutil
+
+    folder = tmp_path / "images" / "nested"
+    folder.mkdir(parents=True)
+    for path in sorted((fashion_scenes_root / "JPEGImages").glob("*.jpg"))[:16]:
+        shutil.copy(path, folder / path.name)
+    cfg = tiny_config("dino", f"data.root={tmp_path / 'images'}", "train.max_steps=2")
+    assert run_stage("pretrain", run, cfg, tmp_path / "run")["steps"] == 2
