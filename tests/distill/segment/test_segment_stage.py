@@ -25,6 +25,7 @@ def test_segment_trains_evaluates_and_resumes(tmp_path, fashion_scenes_root, tin
         "train.batch_size=8",
         "train.max_steps=3",
         "train.log_every=1",
+        "scd.weight=0.1",
         "scd.num_points=16",
         "figures.num_images=2",
     ]
@@ -42,7 +43,8 @@ def test_segment_trains_evaluates_and_resumes(tmp_path, fashion_scenes_root, tin
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert all("scd" in r for r in records)
     with caplog.at_level(logging.INFO):
-        _run(["--output-dir", str(out), *args[:-4], "train.max_steps=5", *args[-3:]])
+        more = [a for a in args if not a.startswith("train.max_steps")] + ["train.max_steps=5"]
+        _run(["--output-dir", str(out), *more])
     assert "resumed from" in caplog.text and "at step 3" in caplog.text
     assert json.loads((out / "summary.json").read_text())["pseudo"]["steps"] == 5
 
