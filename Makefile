@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 APT_DATA := dataset-fashion-mnist
 APT_SLURM := slurmctld slurmd slurm-client munge
 JOBS ?= 2
+# `make demo EXECUTOR=slurm` submits the chain to a SLURM cluster instead of running it here.
+EXECUTOR ?= local
 
 .PHONY: venv apt-data apt-slurm test demo lint format bench clean
 
@@ -34,7 +36,8 @@ test: venv apt-data apt-slurm
 	$(PY) -m pytest -n $(JOBS) --durations=15 tests
 
 demo: venv apt-data
-	$(PY) -m launch pipeline --config configs/pipeline/fashion_tiny.yaml --output-dir runs/demo
+	$(PY) -m launch pipeline --config configs/pipeline/fashion_tiny.yaml --executor $(EXECUTOR) \
+		--output-dir runs/demo
 
 lint: venv
 	$(VENV)/bin/ruff check .
