@@ -6,7 +6,7 @@
 Scores weak pseudo-labels (no enhancer) of ``--images`` eval-split images for every mask
 rule with and without the variation-aware refine, for the trained backbone and a
 random-init copy, and times attention extraction and the refine per image in the same
-process. Prints markdown tables (for benchmarks/RESULTS_distill.md).
+process. Prints markdown tables (for benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
