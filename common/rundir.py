@@ -68,6 +68,21 @@ class RunDir:
 RESUMABLE_KEYS = ("train.max_steps", "device", "data.num_workers", "launch")
 
 
+def changed_config_keys(
+    run_dir: str | Path, cfg: Config, stage: str, config_root: Path = CONFIG_ROOT
+) -> list[str]:
+    """Keys (other than RESUMABLE_KEYS) where ``cfg`` differs from the run's config.yaml."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return []
+    old = load_config(stage, path, config_root=config_root)
+    return [
+        k
+        for k in diff_configs(to_dict(old), to_dict(cfg))
+        if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)
+    ]
+
+
 def prepare_run_dir(
     output_dir: str | Path,
     cfg: Config,
@@ -81,13 +96,8 @@ def prepare_run_dir(
     so a typo in ``--output-dir`` never mixes two experiments' checkpoints.
     """
     run = RunDir(Path(output_dir)).make()
-    if run.config.is_file() and not force:
-        old = load_config(stage, run.config, config_root=config_root)
-        changed = [
-            k
-            for k in diff_configs(to_dict(old), to_dict(cfg))
-            if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)
-        ]
+    if not force:
+        changed = changed_config_keys(run.root, cfg, stage, config_root)
         if changed:
             raise ConfigError(
                 f"{run.root} already holds a run with a different config (keys differ: "

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.config import Config, diff_configs, load_config, to_dict
+from common.config import Config, to_dict
 from common.preemption import Preempted
-from common.rundir import RESUMABLE_KEYS
+from common.rundir import changed_config_keys
 from launch.job import REQUEUE_COUNT, StageJob
 from launch.manifest import now
 from launch.options import EXECUTORS, sbatch_parameters, time_minutes
@@ -55,15 +55,7 @@ def effective_executor(executor: str) -> str:
 
 def check_run_dir(run_dir: Path, stage: str, cfg: Config) -> None:
     """Refuse, before submitting, a run directory that holds a run with a different config."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return
-    old = load_config(stage, path)
-    changed = [
-        k
-        for k in diff_configs(to_dict(old), to_dict(cfg))
-        if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)
-    ]
+    changed = changed_config_keys(run_dir, cfg, stage)
     if changed:
         raise LaunchError(
             f"{run_dir} already holds a {stage} run with a different config (keys differ: "
