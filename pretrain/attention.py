@@ -81,6 +81,23 @@ def attention_figure(image: torch.Tensor, attn: torch.Tensor, mass: float, out: 
     plt.close(fig)
 
 
+def write_attention_figures(
+    model: torch.nn.Module, images: list[Path], out: Path, size: int, mass: float = 0.6
+) -> list[Path]:
+    """One DINO-style attention grid per image file; returns the PNG paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    written = []
+    for path in images:
+        image = load_image(path, size)
+        attn = last_block_attention(model, ((image - mean) / std)[None])["attn"][0]
+        target = out / f"{path.stem}_attention.png"
+        attention_figure(image, attn, mass, target)
+        written.append(target)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pretrain.attention",
@@ -108,19 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     patch = int(info["timm_kwargs"]["patch_size"])
     if size % patch:
         parser.error(f"--size {size} is not a multiple of the patch size {patch}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    for path in map(Path, args.images):
-        try:
-            image = load_image(path, size)
-        except ValueError as exc:
-            log.error("%s", exc)
-            return 2
-        attn = last_block_attention(model, ((image - mean) / std)[None])["attn"][0]
-        target = out / f"{path.stem}_attention.png"
-        attention_figure(image, attn, args.mass, target)
+    try:
+        written = write_attention_figures(
+            model, [Path(p) for p in args.images], Path(args.out), size, args.mass
+        )
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    for target in written:
         log.info("wrote %s", target)
     return 0
 

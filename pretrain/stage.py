@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import logging
+from itertools import islice
+from pathlib import Path
+
+from common.backbone import load_backbone
 from common.config import Config
+from common.distributed import is_main_process
 from common.rundir import RunDir
+from pretrain.attention import write_attention_figures
 from pretrain.train import train
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def sample_images(root: Path, count: int) -> list[Path]:
+    """The first ``count`` image files under ``root`` (VOC layouts: from JPEGImages/)."""
+    folder = root / "JPEGImages" if (root / "JPEGImages").is_dir() else root
+    files = (p for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES)
+    return list(islice(files, count))
 
 
 def run(cfg: Config, run: RunDir) -> dict:
-    """Pretrain (or resume) in ``run`` and export the teacher backbone to ``run/export``."""
-    return train(cfg, run)
+    """Pretrain (or resume) in ``run``, export the teacher backbone, draw its attention maps."""
+    summary = train(cfg, run)
+    count = int(cfg.eval.attention_images)
+    if count > 0 and is_main_process():
+        model, info = load_backbone(run.export)
+        images = sample_images(Path(cfg.data.root), count)
+        size = int(info["timm_kwargs"]["img_size"])
+        written = write_attention_figures(model, images, run.figures, size)
+        log.info("attention maps of %d images in %s", len(written), run.figures)
+    return summary

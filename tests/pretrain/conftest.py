@@ -9,6 +9,7 @@ from common.config import load_config
 
 TINY = [
     "device=cpu",
+    "eval.attention_images=0",
     "model.arch=custom",
     "model.embed_dim=32",
     "model.depth=2",

@@ -63,6 +63,16 @@ def test_export_round_trip_is_strict_and_identical(tiny_config, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_run_draws_attention_maps_of_the_export(tiny_config, tmp_path):
+    cfg = tiny_config("dino", "train.max_steps=1", "eval.attention_images=4")
+    run_stage("pretrain", run, cfg, tmp_path)
+    grids = sorted((tmp_path / "figures").glob("*_attention.png"))
+    assert len(grids) == 4 and all(p.stat().st_size > 1000 for p in grids)
+    off = tiny_config("dino", "train.max_steps=1", "eval.attention_images=0")
+    run_stage("pretrain", run, off, tmp_path / "off")
+    assert not list((tmp_path / "off" / "figures").glob("*_attention.png"))
+
+
 def test_mismatched_checkpoint_is_a_clear_error(tiny_config, tmp_path):
     from common.checkpoint import CheckpointError
 
