@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from common.datasets.errors import CorruptDataError, DatasetNotFoundError
-from common.datasets.items import as_hw, load_rgb, segmentation_item
+from common.datasets.items import as_hw, check_masks_exist, load_rgb, segmentation_item
 from common.datasets.palette import read_mask, write_mask
 
 log = logging.getLogger(__name__)
@@ -112,16 +112,12 @@ class COCOSegmentation(Dataset):
             self._coco = coco
 
     def _check_masks_exist(self) -> None:
-        if not self.mask_dir.is_dir():
-            raise DatasetNotFoundError(f"COCO mask folder {self.mask_dir} does not exist")
-        present = {p.name for p in self.mask_dir.iterdir()}
-        missing = [i for i in self.ids if f"{i}.png" not in present]
-        if missing:
-            raise DatasetNotFoundError(
-                f"{len(missing)} of {len(self.ids)} COCO {self.split} images have no mask in "
-                f"{self.mask_dir} (e.g. {', '.join(f'{m}.png' for m in missing[:5])}); "
-                "convert them with `python -m common.datasets.coco`"
-            )
+        check_masks_exist(
+            self.mask_dir,
+            self.ids,
+            f"COCO {self.split} images",
+            "convert them with `python -m common.datasets.coco`",
+        )
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -25,6 +25,19 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise CorruptDataError(f"cannot decode image {path}: {err}; replace or remove it") from err
 
 
+def check_masks_exist(mask_dir: Path, ids: Sequence[str], what: str, fix: str) -> None:
+    """Every id needs ``<id>.png`` in ``mask_dir``; the error counts and names a few missing."""
+    if not mask_dir.is_dir():
+        raise DatasetNotFoundError(f"mask folder {mask_dir} does not exist")
+    present = {p.name for p in mask_dir.iterdir()}
+    missing = [i for i in ids if f"{i}.png" not in present]
+    if missing:
+        raise DatasetNotFoundError(
+            f"{len(missing)} of {len(ids)} {what} have no mask in {mask_dir} "
+            f"(e.g. {', '.join(f'{m}.png' for m in missing[:5])}); {fix}"
+        )
+
+
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float tensor [3, H, W] in [0, 1]."""
     array = np.array(image, dtype=np.uint8)

@@ -17,7 +17,13 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from common.datasets.errors import CorruptDataError, DatasetNotFoundError
-from common.datasets.items import as_hw, labels_of_mask, load_rgb, segmentation_item
+from common.datasets.items import (
+    as_hw,
+    check_masks_exist,
+    labels_of_mask,
+    load_rgb,
+    segmentation_item,
+)
 from common.datasets.palette import read_mask
 
 VOC_CLASS_NAMES: tuple[str, ...] = (
@@ -133,16 +139,12 @@ class VOCSegmentation(Dataset):
         )
 
     def _check_masks_exist(self) -> None:
-        if not self.mask_dir.is_dir():
-            raise DatasetNotFoundError(f"mask folder {self.mask_dir} does not exist")
-        present = {p.name for p in self.mask_dir.iterdir()}
-        missing = [i for i in self.ids if f"{i}.png" not in present]
-        if missing:
-            raise DatasetNotFoundError(
-                f"{len(missing)} of {len(self.ids)} ids of split {self.split!r} have no mask in "
-                f"{self.mask_dir} (e.g. {', '.join(f'{m}.png' for m in missing[:5])}); "
-                "regenerate the masks for this split or point mask_dir at the right folder"
-            )
+        check_masks_exist(
+            self.mask_dir,
+            self.ids,
+            f"ids of split {self.split!r}",
+            "regenerate the masks for this split or point mask_dir at the right folder",
+        )
 
     def _read_meta_labels(self) -> dict[str, list[int]]:
         path = self.root / "meta.json"
