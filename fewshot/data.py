@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from common.datasets.coco import COCOSegmentation
-from common.datasets.errors import DatasetNotFoundError
+from common.datasets.items import check_masks_exist
 from common.datasets.palette import read_mask
 from common.datasets.voc import VOCSegmentation, labels_of_mask
 from fewshot.features import FrozenBackbone, cached, extract
@@ -92,16 +92,12 @@ def read_gt_masks(ds: Dataset, size: int) -> torch.Tensor:
 
 def load_masks(ids: list[str], folder: Path, size: int, what: str) -> torch.Tensor:
     """uint8 [N, size, size] masks ``<folder>/<id>.png`` (nearest resize); every id must exist."""
-    if not folder.is_dir():
-        raise DatasetNotFoundError(f"{what} folder {folder} does not exist")
-    present = {p.name for p in folder.iterdir()}
-    missing = [i for i in ids if f"{i}.png" not in present]
-    if missing:
-        raise DatasetNotFoundError(
-            f"{what} folder {folder} lacks masks for {len(missing)} of {len(ids)} images "
-            f"(e.g. {', '.join(m + '.png' for m in missing[:5])}); re-run the distill stage on "
-            "this dataset split, or point pseudo_masks at the matching run"
-        )
+    check_masks_exist(
+        folder,
+        ids,
+        f"images ({what})",
+        "re-run the distill stage on this dataset split, or point pseudo_masks at the matching run",
+    )
     out = np.empty((len(ids), size, size), dtype=np.uint8)
     for n, name in enumerate(ids):
         out[n] = _resize_mask(read_mask(folder / f"{name}.png"), size)

@@ -105,5 +105,5 @@ def test_fscs_missing_pseudo_masks_are_named(
     ]
     with caplog.at_level(logging.ERROR), pytest.raises(SystemExit):
         stage_main("fewshot", run, "test", argv)
-    assert "lacks masks for 3 of 120 images" in caplog.text
+    assert "3 of 120 images (pseudo-mask) have no mask" in caplog.text
     assert gone[0].name in caplog.text
