@@ -9,8 +9,10 @@ single-object train scene as the bank. Queries: every single-object val (test) s
     python benchmarks/bench_pretrain_quality.py --data data/fashion_scenes \\
         --runs runs/pt_dino runs/pt_maskcluster --seeds 5 --out /tmp/quality.md
 
-``--variants NAME=k=v,k=v ...`` first trains each variant of ``--base-config`` (fashion_tiny)
-for ``--train-steps`` steps into ``--work/NAME`` (wall-clock recorded) and adds it to the runs.
+``--variants "NAME=k=v k=v" ...`` (overrides separated by spaces, so list values such as
+``crops.color_jitter=[0.4,0.4,0.8,0.5]`` stay whole) first trains each variant of
+``--base-config`` (fashion_tiny) for ``--train-steps`` steps into ``--work/NAME`` (wall-clock
+recorded) and adds it to the runs; a failing variant stops the benchmark with its error.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="data/fashion_scenes", help="FashionScenes root")
     parser.add_argument("--runs", nargs="*", default=[], help="run dirs or export folders")
-    parser.add_argument("--variants", nargs="*", default=[], help="NAME=k=v,k=v to train first")
+    parser.add_argument("--variants", nargs="*", default=[], help='"NAME=k=v k=v" to train first')
     parser.add_argument("--base-config", default="fashion_tiny", help="config the variants modify")
     parser.add_argument("--train-steps", type=int, default=100, help="steps per variant")
     parser.add_argument("--work", default="runs/bench_pretrain", help="variant run directories")
@@ -89,10 +92,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"train.max_steps={args.train_steps}",
             "eval.every=0",
             f"data.root={args.data}",
-            *[o for o in overrides.split(",") if o],
+            *shlex.split(overrides),
         ]
         log.info("training variant %s: %s", name, " ".join(cmd[2:]))
-        subprocess.run(cmd, check=True, capture_output=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+            sys.exit(f"variant {name!r} failed (exit {done.returncode}):\n{tail}")
         runs.append(str(out))
     if not runs:
         parser.error("give --runs and/or --variants")

@@ -23,6 +23,7 @@ from torch import nn
 
 from common.checkpoint import CheckpointError, atomic_torch_save, load_torch_file
 from common.metrics import IGNORE_INDEX
+from common.optim import optimizer_step
 from common.preemption import Preempted, stop_requested
 from common.runtime import rng_state, set_rng_state
 
@@ -185,14 +186,7 @@ def train_enhancer(
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         y = torch.where(flip[:, None, None], y.flip(-1), y)
         loss = _loss(model, x, y)
-        if not torch.isfinite(loss):
-            save()
-            raise FloatingPointError(
-                f"enhancer loss is {loss.item()} at step {state['step']}; lower enhancer.lr"
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimizer_step(loss, opt, f"enhancer at step {state['step']}", "lower enhancer.lr", save)
         state["step"] += 1
         if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.max_steps:
             iou = _fg_iou(model, inputs[val_idx], targets[val_idx])

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from common.checkpoint import atomic_torch_save, load_state_dict_strict, load_torch_file
+from common.optim import optimizer_step
 from common.preemption import Preempted, stop_requested
 from common.rundir import MetricsLogger
 from fewshot.data import ImagePool
@@ -26,10 +27,6 @@ from fewshot.episodes import EpisodeSampler
 from fewshot.model import FSCSModel, loss_fn, one_way_batch
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN/inf; the last checkpoint is left intact."""
 
 
 @dataclass
@@ -114,15 +111,13 @@ def train_head(
         loss, parts = loss_fn(
             presence, seg, batch, settings.cls_weight, settings.seg_weight, settings.fg_weight
         )
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(
-                f"{tag}: loss is {float(loss.detach())} at step {step}; the last checkpoint "
-                f"({last}) is intact. Lower train.lr and resume."
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        optimizer_step(
+            loss,
+            opt,
+            f"{tag} at step {step}",
+            f"the last checkpoint ({last}) is intact. Lower train.lr and resume.",
+            scheduler=sched,
+        )
         step += 1
         bar.update(1)
         record = {"loss": float(loss.detach()), **parts, "lr": sched.get_last_lr()[0]}

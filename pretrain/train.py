@@ -22,6 +22,7 @@ from common.checkpoint import (
     save_checkpoint,
 )
 from common.config import to_dict
+from common.optim import NonFiniteLossError
 from common.preemption import Preempted, stop_requested
 from common.rundir import MetricsLogger, RunDir
 from common.runtime import resolve_device, rng_state, set_rng_state
@@ -32,10 +33,6 @@ from pretrain.schedules import build_schedules
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss or gradient became NaN/inf; ``last.pt`` still holds the last good state."""
 
 
 def param_groups(module: torch.nn.Module) -> list[dict]:

@@ -252,6 +252,9 @@ def ensure_fashion_scenes(
             return root
         meta = json.loads(meta_path.read_text())
     found = {key: meta.get(key) for key in wanted}
+    if isinstance(found["params"], dict):
+        # Sets written before a setting existed were rendered with its default value.
+        found["params"] = {**SceneParams().to_json(), **found["params"]}
     if found != wanted:
         diff = {k: (found[k], wanted[k]) for k in wanted if found[k] != wanted[k]}
         raise ValueError(
@@ -326,6 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"marked 255 (ignore) (default {defaults.min_visible_frac}: 82 px at 64 px)",
     )
     parser.add_argument(
+        "--background-max",
+        type=float,
+        default=defaults.background_max,
+        help="brightest background colour value in [0, 1] (default "
+        f"{defaults.background_max}); lower values give muted backgrounds and salient items",
+    )
+    parser.add_argument(
         "--fashion-mnist-root",
         type=Path,
         default=None,
@@ -350,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         scale_min=args.scale_min,
         scale_max=args.scale_max,
         min_visible_frac=args.min_visible_frac,
+        background_max=args.background_max,
     )
     return 0
 

@@ -31,6 +31,8 @@ class SceneParams:
     item_threshold: int = 24
     # A class needs this share of the scene's pixels to count as present (2 % = 82 px at 64).
     min_visible_frac: float = 0.02
+    # Brightest background colour value (0..1); items are tinted at value >= 0.75.
+    background_max: float = 0.6
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -44,6 +46,11 @@ class SceneParams:
         if not 0 < self.scale_min <= self.scale_max <= 1:
             raise ValueError(
                 f"need 0 < scale_min <= scale_max <= 1, got {self.scale_min}, {self.scale_max}"
+            )
+        if not 0.05 < self.background_max <= 1:
+            raise ValueError(
+                f"background_max must be in (0.05, 1] (backgrounds start at 0.05), "
+                f"got {self.background_max}"
             )
         probs = np.asarray(self.count_probs, dtype=float)
         if probs.ndim != 1 or len(probs) < 1 or (probs < 0).any() or abs(probs.sum() - 1) > 1e-6:
@@ -70,11 +77,11 @@ def _random_colour(rng: np.random.Generator, low: float, high: float) -> np.ndar
     return rng.uniform(low, high, size=3)
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def _background(rng: np.random.Generator, size: int, high: float) -> np.ndarray:
     """Float [H, W, 3] in [0, 1]: smooth colour noise or stripes, plus fine grain."""
     if rng.random() < 0.5:
         grid = int(rng.integers(2, 6))
-        coarse = (rng.uniform(0.05, 0.6, size=(grid, grid, 3)) * 255).astype(np.uint8)
+        coarse = (rng.uniform(0.05, high, size=(grid, grid, 3)) * 255).astype(np.uint8)
         smooth = Image.fromarray(coarse).resize((size, size), Image.BICUBIC)
         base = np.asarray(smooth, dtype=np.float32) / 255.0
     else:
@@ -83,7 +90,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
         phase = (xs * np.cos(angle) + ys * np.sin(angle)) * (2 * np.pi / period)
         wave = 0.5 + 0.5 * np.sin(phase + rng.uniform(0, 2 * np.pi))
-        first, second = _random_colour(rng, 0.05, 0.6), _random_colour(rng, 0.05, 0.6)
+        first, second = _random_colour(rng, 0.05, high), _random_colour(rng, 0.05, high)
         base = first * (1 - wave[..., None]) + second * wave[..., None]
     grain = rng.normal(0.0, 0.03, size=(size, size, 3))
     return np.clip(base + grain, 0.0, 1.0).astype(np.float32)
@@ -105,7 +112,7 @@ def render_scene(
 ) -> Scene:
     """Compose a scene from ``items`` [N, 28, 28]; ``by_class[c]`` lists the indices of class c."""
     size = params.size
-    canvas = _background(rng, size)
+    canvas = _background(rng, size, params.background_max)
     mask = np.zeros((size, size), dtype=np.uint8)
     count = int(rng.choice(len(params.count_probs), p=params.count_probs))
     # Distinct classes per scene: image-level labels then map one-to-one to items.

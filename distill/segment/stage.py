@@ -24,6 +24,7 @@ from common.checkpoint import CheckpointError, load_torch_file, save_checkpoint
 from common.config import Config, ConfigError
 from common.datasets.voc import VOCSegmentation
 from common.metrics import IGNORE_INDEX, SegmentationMeter
+from common.optim import optimizer_step
 from common.preemption import Preempted, stop_requested
 from common.rundir import MetricsLogger, RunDir
 from common.runtime import resolve_device, rng_state, set_rng_state
@@ -134,15 +135,9 @@ def train_model(
                 )
                 loss = loss + cfg.scd.weight * term
                 terms["scd"] = term.item()
-            if not torch.isfinite(loss):
-                save()
-                raise FloatingPointError(
-                    f"{tag}: loss is {loss.item()} at step {step}; lower train.lr"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            optimizer_step(
+                loss, opt, f"{tag} at step {step}", "lower train.lr", save, scheduler=sched
+            )
             step += 1
             bar.update(1)
             if step % t.log_every == 0 or step == max_steps:

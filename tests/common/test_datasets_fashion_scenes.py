@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from common.datasets.fashion_mnist import load_fashion_mnist
 from common.datasets.fashion_scenes import ensure_fashion_scenes, generate_fashion_scenes, main
@@ -101,11 +102,57 @@ def test_cli_writes_the_set(tmp_path: Path) -> None:
     assert classes[0] == "background" and len(classes) == 11
 
 
+def test_background_max_darkens_only_the_background(tmp_path: Path) -> None:
+    kw = {"n_train": 20, "n_test": 0, "workers": 1, "progress": False}
+    bright = generate_fashion_scenes(tmp_path / "bright", **kw)
+    muted = main(
+        [
+            "--out",
+            str(tmp_path / "muted"),
+            "--train",
+            "20",
+            "--test",
+            "0",
+            "--workers",
+            "1",
+            "--background-max",
+            "0.2",
+        ]
+    )
+    assert muted == 0
+
+    def background_mean(root: Path) -> float:
+        values = []
+        for path in sorted((root / "SegmentationClassAug").glob("*.png")):
+            image = np.asarray(Image.open(root / "JPEGImages" / f"{path.stem}.jpg"), float)
+            values.append(image[read_mask(path) == 0].mean())
+        return float(np.mean(values))
+
+    # Colours drawn in [0.05, 0.2] instead of [0.05, 0.6]: mean ~32 instead of ~83 of 255.
+    assert background_mean(tmp_path / "muted") < 45 < 70 < background_mean(bright)
+    assert (
+        json.loads((tmp_path / "muted" / "meta.json").read_text())["params"]["background_max"]
+        == 0.2
+    )
+
+
+def test_sets_written_before_background_max_existed_still_match(tmp_path: Path) -> None:
+    root = ensure_fashion_scenes(tmp_path / "old", n_train=4, n_test=2, workers=1, progress=False)
+    meta = json.loads((root / "meta.json").read_text())
+    del meta["params"]["background_max"]
+    (root / "meta.json").write_text(json.dumps(meta))
+    assert ensure_fashion_scenes(root, n_train=4, n_test=2) == root
+    with pytest.raises(ValueError, match="background_max"):
+        ensure_fashion_scenes(root, n_train=4, n_test=2, background_max=0.3)
+
+
 def test_bad_settings_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="scale_min"):
         generate_fashion_scenes(tmp_path, n_train=2, n_test=0, scale_min=0.9, scale_max=0.5)
     with pytest.raises(ValueError, match="workers"):
         generate_fashion_scenes(tmp_path, n_train=2, n_test=0, workers=0)
+    with pytest.raises(ValueError, match=r"background_max must be in \(0.05, 1\]"):
+        generate_fashion_scenes(tmp_path, n_train=2, n_test=0, background_max=0.01)
 
 
 def test_unknown_setting_is_named(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ from common.backbone import load_backbone
 from common.checkpoint import load_torch_file
 from common.cli import run_stage
 from common.config import ConfigError
+from common.optim import NonFiniteLossError
 from common.rundir import read_metrics
 from pretrain.stage import run
-from pretrain.train import NonFiniteLossError
 
 
 def _teacher(path):
