@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from common.metrics import IGNORE_INDEX, SegmentationMeter
+from common.optim import optimizer_step
 
 
 def patch_labels(masks: torch.Tensor, patch: int, num_classes: int) -> torch.Tensor:
@@ -44,9 +45,7 @@ def train_linear(
     for _ in range(steps):
         idx = torch.randint(len(x), (min(batch_size, len(x)),), generator=gen)
         loss = F.cross_entropy(layer(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimizer_step(loss, opt, "segmentation probe", "lower train.lr of the probe config")
     return layer
 
 
