@@ -40,9 +40,12 @@ class DINOHead(nn.Module):
         if norm_last_layer:
             self.last_layer.parametrizations.weight.original0.requires_grad = False
 
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """The L2-normalised bottleneck vectors the prototypes score."""
+        return F.normalize(self.mlp(x), dim=-1, eps=1e-6)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(self.mlp(x), dim=-1, eps=1e-6)
-        return self.last_layer(x)
+        return self.last_layer(self.bottleneck(x))
 
 
 class PixelHead(nn.Module):

@@ -136,7 +136,8 @@ class Encoder(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Teacher logits on unmasked global crops (patch logits at the student's masked spots)."""
         tokens = encode_tokens(self.backbone, global_crops)
-        out = {"cls_logits": self.cls_head(self.summary(tokens))}
+        z = self.cls_head.bottleneck(self.summary(tokens))
+        out = {"cls_logits": self.cls_head.last_layer(z), "cls_bottleneck": z}
         if with_patch_logits:
             out["patch_logits"] = self.patch_logits(tokens[:, self.prefix :][masks.flatten(1)])
         return out
@@ -218,6 +219,7 @@ class MetaArch(nn.Module):
                 s_probs = F.softmax(s_out["cls_logits"].float() / loss.student_temp, dim=-1)
                 terms["memax"] = loss.memax_weight * memax_term(s_probs)
             stats.update(_target_stats(t_probs))
+            stats["teacher_head_agreement"] = head_agreement(t_out["cls_bottleneck"])
             if loss.dino.collapse == "centering":
                 stats["center_norm"] = float(self.cls_targets.center.norm())
 
@@ -256,6 +258,22 @@ class MetaArch(nn.Module):
         t_params = list(self.teacher.parameters())
         torch._foreach_mul_(t_params, momentum)
         torch._foreach_add_(t_params, [p.detach() for p in s_params], alpha=1 - momentum)
+
+
+@torch.no_grad()
+def head_agreement(z: torch.Tensor) -> float:
+    """Mean cosine between the L2-normalised bottleneck vectors of a batch (self-pairs excluded).
+
+    Near 1 means the head maps every image to one direction: its logits no longer depend
+    on the image, the targets turn uniform and the backbone gets no signal (head collapse),
+    even when the backbone's own tokens are still diverse.
+    """
+    n = z.shape[0]
+    if n < 2:
+        return float("nan")
+    total = z.float().sum(dim=0)
+    # sum_{i != j} z_i . z_j = |sum z|^2 - sum |z_i|^2, with |z_i| = 1.
+    return float((total.dot(total) - n) / (n * (n - 1)))
 
 
 @torch.no_grad()

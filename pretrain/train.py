@@ -307,12 +307,13 @@ class Trainer:
         if self.rank == 0:
             terms = " ".join(f"{k}={v:.4f}" for k, v in stats.items() if k.startswith("loss"))
             log.info(
-                "step %d/%d %s lr=%.3g teacher_entropy=%.3f %.1f img/s",
+                "step %d/%d %s lr=%.3g teacher_entropy=%.3f head_agreement=%.3f %.1f img/s",
                 self.step,
                 self.total_steps,
                 terms,
                 stats.get("lr", float("nan")),
                 stats.get("teacher_entropy", float("nan")),
+                stats.get("teacher_head_agreement", float("nan")),
                 images_per_s,
             )
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pretrain.heads import DINOHead
-from pretrain.model import MetaArch
+from pretrain.model import MetaArch, head_agreement
 
 
 def _batch(cfg, b=4):
@@ -72,3 +72,27 @@ def test_dino_head_prototypes_give_cosine_logits():
 def test_all_terms_off_is_an_error(tiny_config):
     with pytest.raises(ValueError, match="enable at least one"):
         MetaArch(tiny_config("dino", "loss.dino.weight=0.0"))
+
+
+def test_head_agreement_is_the_mean_off_diagonal_cosine():
+    torch.manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(7, 5, dtype=torch.float64), dim=1)
+    cos = z @ z.T
+    expected = (cos.sum() - cos.diagonal().sum()) / (7 * 6)
+    assert head_agreement(z.float()) == pytest.approx(float(expected), abs=1e-6)
+    # One direction for every image is head collapse (1); orthonormal vectors give 0.
+    assert head_agreement(z[:1].float().repeat(4, 1)) == pytest.approx(1.0, abs=1e-6)
+    assert head_agreement(torch.eye(5)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_a_collapsed_teacher_head_is_reported(tiny_config):
+    cfg = tiny_config("dino")
+    arch = MetaArch(cfg)
+    _, stats = arch(_batch(cfg), teacher_temp=0.04)
+    assert stats["teacher_head_agreement"] < 0.99
+    last = arch.teacher.cls_head.mlp[-1]
+    with torch.no_grad():  # the head now ignores its input: one bottleneck vector for all
+        last.weight.zero_()
+        last.bias.normal_()
+    _, stats = arch(_batch(cfg), teacher_temp=0.04)
+    assert stats["teacher_head_agreement"] == pytest.approx(1.0, abs=1e-5)

@@ -37,7 +37,17 @@ def test_resume_gives_the_same_weights_as_a_straight_run(tiny_config, tmp_path):
     records = read_metrics(tmp_path / "a" / "metrics.jsonl")
     logged = {k for r in records for k in r}
     expected = {"loss_dino", "loss_ibot", "loss_pixel", "lr", "wd", "momentum", "teacher_temp"}
-    assert expected | {"teacher_entropy", "center_norm", "images_per_s", "peak_memory_mb"} <= logged
+    assert (
+        expected
+        | {
+            "teacher_entropy",
+            "teacher_head_agreement",
+            "center_norm",
+            "images_per_s",
+            "peak_memory_mb",
+        }
+        <= logged
+    )
 
 
 def test_export_round_trip_is_strict_and_identical(tiny_config, tmp_path):
