@@ -7,12 +7,38 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from pretrain.collapse import global_mean
+
+
+class BatchStatNorm(nn.Module):
+    """Batch normalisation that always uses the statistics of the current global batch.
+
+    DINO's ``use_bn_in_head`` (SyncBatchNorm in the projection MLP). No running statistics:
+    the teacher is an EMA of the student's parameters, not of its buffers, so both normalise
+    with the batch at hand. Under DDP the mean and variance are those of the global batch;
+    the backward pass treats the other processes' rows as constants. One row normalises to
+    the bias, an empty batch stays empty.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = global_mean(x)  # all-reduced: every process calls this, even with no rows
+        var = (global_mean(x * x) - mean * mean).clamp_min(0.0)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
 
 class DINOHead(nn.Module):
     """MLP -> bottleneck -> L2 normalisation -> weight-normalised prototypes (no bias).
 
     The prototype layer's norm is fixed to 1 when ``norm_last_layer`` (DINO's default; it
-    makes the logits cosines, which stabilises training of small models).
+    makes the logits cosines, which stabilises training of small models). ``use_bn`` puts
+    :class:`BatchStatNorm` after each hidden layer (DINO's ``use_bn_in_head``): the MLP can
+    then no longer map every image to one bottleneck vector (head collapse).
     """
 
     def __init__(
@@ -23,6 +49,7 @@ class DINOHead(nn.Module):
         bottleneck_dim: int = 256,
         nlayers: int = 3,
         norm_last_layer: bool = True,
+        use_bn: bool = False,
     ) -> None:
         super().__init__()
         if nlayers < 1:
@@ -32,6 +59,8 @@ class DINOHead(nn.Module):
         for i in range(nlayers):
             layers.append(nn.Linear(dims[i], dims[i + 1]))
             if i < nlayers - 1:
+                if use_bn:
+                    layers.append(BatchStatNorm(dims[i + 1]))
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
         self.apply(_init_linear)

@@ -76,7 +76,13 @@ class Encoder(nn.Module):
         self.prefix = int(self.backbone.num_prefix_tokens)
         cls = heads_cfg.cls
         self.cls_head = DINOHead(
-            dim, cls.out_dim, cls.hidden_dim, cls.bottleneck_dim, cls.nlayers, cls.norm_last_layer
+            dim,
+            cls.out_dim,
+            cls.hidden_dim,
+            cls.bottleneck_dim,
+            cls.nlayers,
+            cls.norm_last_layer,
+            cls.use_bn,
         )
         patch = heads_cfg.patch
         self.patch_head = None
@@ -88,6 +94,7 @@ class Encoder(nn.Module):
                 patch.bottleneck_dim,
                 patch.nlayers,
                 patch.norm_last_layer,
+                patch.use_bn,
             )
         self.pixel_head = (
             PixelHead(dim, self.patch_size, heads_cfg.pixel.hidden_dim) if use_pixel_head else None

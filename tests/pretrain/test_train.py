@@ -181,6 +181,8 @@ def test_two_process_ddp_on_cpu(fashion_scenes_root, tmp_path):
         f"data.root={fashion_scenes_root}",
         "train.max_steps=3",
         "loss.dino.collapse=sinkhorn",
+        "heads.cls.use_bn=true",  # batch statistics all-reduced inside the heads
+        "heads.patch.use_bn=true",
     ]
     procs = []
     for rank in range(2):
