@@ -27,8 +27,9 @@ class BatchStatNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = global_mean(x)  # all-reduced: every process calls this, even with no rows
-        var = (global_mean(x * x) - mean * mean).clamp_min(0.0)
+        # One all-reduce for both moments; every process calls it, even with no rows.
+        mean, sq_mean = global_mean(torch.cat([x, x * x], dim=-1)).chunk(2, dim=-1)
+        var = (sq_mean - mean * mean).clamp_min(0.0)
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
 
 
