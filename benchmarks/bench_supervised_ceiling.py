@@ -1,12 +1,14 @@
 """How learnable is a FashionScenes set within a CPU budget, with every label? A ceiling check.
 
 Trains, fully supervised on every single-object train scene (cross-entropy, AdamW, batch 64,
-horizontal flips), the ``fashion_tiny`` ViT (same timm kwargs and input size as the preset)
-and a three-layer CNN, and reports test accuracy on the single-object test scenes after
+horizontal flips), the ``fashion_tiny`` ViT (same timm kwargs and input size as the preset),
+the same ViT with the convolutional stem (``model.stem=conv``) and a three-layer CNN, and
+reports test accuracy on the single-object test scenes after
 each epoch with the wall-clock. Self-supervised features cannot be expected to beat what
 the same network learns from all labels in the same time.
 
-    python benchmarks/bench_supervised_ceiling.py --data data/fashion_scenes --epochs 10
+    python benchmarks/bench_supervised_ceiling.py --data data/fashion_scenes --epochs 10 \
+        --models vit vit_conv cnn --seeds 0 1
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ log = logging.getLogger("bench_supervised_ceiling")
 class ViTClassifier(nn.Module):
     """The preset's backbone with a linear layer on the cls token."""
 
-    def __init__(self, config: str, num_classes: int) -> None:
+    def __init__(self, config: str, num_classes: int, overrides: tuple[str, ...] = ()) -> None:
         super().__init__()
-        cfg = load_config("pretrain", config)
+        cfg = load_config("pretrain", config, list(overrides))
         self.size = int(cfg.crops.global_size)
         self.backbone = build_backbone(backbone_kwargs_from_config(cfg.model, self.size))
         self.head = nn.Linear(self.backbone.embed_dim, num_classes)
@@ -96,38 +98,52 @@ def train_and_track(
     return rows
 
 
+# Model name -> pretrain-config overrides of the ViT (None = the CNN).
+MODELS = {"vit": (), "vit_conv": ("model.stem=conv",), "cnn": None}
+
+
+def build_model(name: str, config: str, cnn_size: int) -> tuple[nn.Module, int, str]:
+    """(model, input side, table label) for a ``MODELS`` name."""
+    if MODELS[name] is None:
+        return small_cnn(10), cnn_size, "3-layer CNN"
+    model = ViTClassifier(config, 10, MODELS[name])
+    stem = " + conv stem" if name == "vit_conv" else ""
+    return model, model.size, f"{config} ViT{stem}"
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", nargs="+", default=["data/fashion_scenes"], help="set roots")
     parser.add_argument("--config", default="fashion_tiny", help="pretrain preset of the ViT")
     parser.add_argument("--epochs", type=int, default=10, help="supervised epochs per model")
     parser.add_argument("--cnn-size", type=int, default=64, help="CNN input side (px)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="one row per seed")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     lines = [
-        "| set | model | input | train scenes | "
+        "| set | model | seed | input | train scenes | "
         + " | ".join(f"ep {e}" for e in range(1, args.epochs + 1))
         + " | wall-clock |",
-        "|" + "---|" * (args.epochs + 5),
+        "|" + "---|" * (args.epochs + 6),
     ]
     for root in args.data:
         train_x, train_y = single_object_images(root, "train")
         test_x, test_y = single_object_images(root, "val")
         labels = (torch.as_tensor(train_y) - 1, torch.as_tensor(test_y) - 1)
-        for name in ("vit", "cnn"):
-            torch.manual_seed(args.seed)
-            model = ViTClassifier(args.config, 10) if name == "vit" else small_cnn(10)
-            size = model.size if name == "vit" else args.cnn_size
-            data = (prepare(train_x, size), labels[0], prepare(test_x, size), labels[1])
-            rows = train_and_track(model, data, args.epochs, 1e-3, args.seed)
-            accs = " | ".join(f"{acc:.1f}" for _, acc, _ in rows)
-            label = f"{args.config} ViT" if name == "vit" else "3-layer CNN"
-            lines.append(
-                f"| {root} | {label} | {size} px | {len(train_y)} | {accs} | {rows[-1][2]:.0f} s |"
-            )
+        for name in args.models:
+            for seed in args.seeds:
+                torch.manual_seed(seed)
+                model, size, label = build_model(name, args.config, args.cnn_size)
+                data = (prepare(train_x, size), labels[0], prepare(test_x, size), labels[1])
+                rows = train_and_track(model, data, args.epochs, 1e-3, seed)
+                accs = " | ".join(f"{acc:.1f}" for _, acc, _ in rows)
+                lines.append(
+                    f"| {root} | {label} | {seed} | {size} px | {len(train_y)} | {accs} "
+                    f"| {rows[-1][2]:.0f} s |"
+                )
     table = "\n".join(lines)
     print(table)
     return table

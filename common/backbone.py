@@ -4,7 +4,9 @@ Export format (``export/``), read by every later stage:
 - ``backbone.pth``: the backbone's state dict in timm ``VisionTransformer`` key format;
 - ``backbone.json``: ``{"format": ..., "timm_kwargs": {...}, "meta": {...}}``; the kwargs
   rebuild the model with ``timm.models.vision_transformer.VisionTransformer(**kwargs)``,
-  after which ``load_state_dict(..., strict=True)`` succeeds.
+  after which ``load_state_dict(..., strict=True)`` succeeds. One kwarg is a name, not a
+  value: ``"embed_layer": "conv_stem"`` (present only for ``model.stem=conv``) stands for
+  ``common.conv_stem.ConvStemEmbed``; ``build_backbone`` resolves it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from common.checkpoint import CheckpointError, atomic_torch_save, load_state_dict_strict
+from common.conv_stem import ConvStemEmbed, conv_stem_steps
 
 EXPORT_FORMAT = "labelfew-backbone-v1"
 
@@ -31,6 +34,10 @@ ARCH_PRESETS: dict[str, dict[str, int]] = {
     "vit_large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
 }
 
+# Token embeddings by config name (``model.stem``) and by the name stored in the export.
+STEMS = {"patch": None, "conv": "conv_stem"}
+EMBED_LAYERS = {"conv_stem": ConvStemEmbed}
+
 
 def backbone_kwargs(
     arch: str,
@@ -38,9 +45,13 @@ def backbone_kwargs(
     patch_size: int,
     num_register_tokens: int = 0,
     drop_path_rate: float = 0.0,
+    stem: str = "patch",
     **overrides: Any,
 ) -> dict:
-    """The timm ``VisionTransformer`` kwargs of a preset; ``overrides`` set depth/dim/heads etc."""
+    """The timm ``VisionTransformer`` kwargs of a preset; ``overrides`` set depth/dim/heads etc.
+
+    ``stem`` is ``patch`` (the ViT's linear patch projection) or ``conv`` (``ConvStemEmbed``).
+    """
     if arch not in ARCH_PRESETS and arch != "custom":
         raise ValueError(
             f"unknown backbone arch {arch!r}; choose one of {sorted(ARCH_PRESETS)} or 'custom' "
@@ -51,6 +62,8 @@ def backbone_kwargs(
             f"image size {img_size} is not divisible by patch size {patch_size}; "
             f"use e.g. {img_size - img_size % patch_size}"
         )
+    if stem not in STEMS:
+        raise ValueError(f"unknown model.stem {stem!r}; choose one of {sorted(STEMS)}")
     kwargs: dict[str, Any] = dict(ARCH_PRESETS.get(arch, {}))
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     missing = [k for k in ("embed_dim", "depth", "num_heads") if k not in kwargs]
@@ -69,11 +82,24 @@ def backbone_kwargs(
         # Multi-crop feeds local crops smaller than img_size: interpolate position embeddings.
         dynamic_img_size=True,
     )
+    if stem == "conv":
+        conv_stem_steps(patch_size)  # fail at config time, not when the model is built
+    if STEMS[stem] is not None:
+        kwargs["embed_layer"] = STEMS[stem]
     return kwargs
 
 
 def build_backbone(kwargs: dict) -> VisionTransformer:
     """A timm ViT from exported kwargs; attention goes through scaled_dot_product_attention."""
+    kwargs = dict(kwargs)
+    name = kwargs.pop("embed_layer", None)
+    if name is not None:
+        if name not in EMBED_LAYERS:
+            raise CheckpointError(
+                f"unknown embed_layer {name!r} in the backbone kwargs (known: "
+                f"{sorted(EMBED_LAYERS)}); the export comes from a newer or other version"
+            )
+        kwargs["embed_layer"] = EMBED_LAYERS[name]
     return VisionTransformer(**kwargs)
 
 

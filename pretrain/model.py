@@ -17,6 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from common.backbone import backbone_kwargs, build_backbone
+from common.distributed import all_reduce_mean
 from pretrain.collapse import TeacherTargets, memax_term
 from pretrain.heads import DINOHead, PixelHead
 from pretrain.losses.dino import DINOLoss
@@ -35,6 +36,7 @@ def backbone_kwargs_from_config(model_cfg, img_size: int) -> dict:
         patch_size=int(model_cfg.patch_size),
         num_register_tokens=int(model_cfg.num_register_tokens),
         drop_path_rate=float(model_cfg.drop_path_rate),
+        stem=str(model_cfg.stem),
         embed_dim=model_cfg.embed_dim,
         depth=model_cfg.depth,
         num_heads=model_cfg.num_heads,
@@ -260,11 +262,21 @@ class MetaArch(nn.Module):
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """``theta_t <- m theta_t + (1 - m) theta_s`` for every parameter."""
+        """``theta_t <- m theta_t + (1 - m) theta_s`` for every parameter.
+
+        Buffers (the conv stem's batch-norm statistics) are copied: the teacher runs in eval
+        mode, so it normalises with the student's running statistics, averaged over the
+        processes (each rank's student updates them from its own batch) so that every
+        replica's teacher stays identical.
+        """
         s_params = list(self.student.parameters())
         t_params = list(self.teacher.parameters())
         torch._foreach_mul_(t_params, momentum)
         torch._foreach_add_(t_params, [p.detach() for p in s_params], alpha=1 - momentum)
+        for t_buf, s_buf in zip(self.teacher.buffers(), self.student.buffers(), strict=True):
+            t_buf.copy_(s_buf)
+            if t_buf.is_floating_point():
+                all_reduce_mean(t_buf)
 
 
 @torch.no_grad()

@@ -54,10 +54,9 @@ def peak_memory_mb(device: torch.device) -> float:
 
 @torch.no_grad()
 def weights_checksum(module: torch.nn.Module) -> float:
-    """Sum of all parameters weighted by position: a cheap fingerprint of a model's weights."""
-    return float(
-        sum((p.double().flatten() * (1 + i % 7)).sum() for i, p in enumerate(module.parameters()))
-    )
+    """Sum of all parameters and float buffers weighted by position: a cheap fingerprint."""
+    tensors = [*module.parameters(), *(b for b in module.buffers() if b.is_floating_point())]
+    return float(sum((t.double().flatten() * (1 + i % 7)).sum() for i, t in enumerate(tensors)))
 
 
 class Trainer:

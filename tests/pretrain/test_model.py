@@ -96,3 +96,16 @@ def test_a_collapsed_teacher_head_is_reported(tiny_config):
         last.bias.normal_()
     _, stats = arch(_batch(cfg), teacher_temp=0.04)
     assert stats["teacher_head_agreement"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_teacher_takes_the_students_conv_stem_statistics(tiny_config):
+    cfg = tiny_config("dino", "model.stem=conv")
+    model = MetaArch(cfg)
+    model.train()
+    model(_batch(cfg), teacher_temp=0.04)  # the student's batch norm updates its running stats
+    student_bn = model.student.backbone.patch_embed.proj[1]
+    teacher_bn = model.teacher.backbone.patch_embed.proj[1]
+    assert not torch.equal(student_bn.running_mean, teacher_bn.running_mean)
+    model.update_teacher(0.99)
+    for t_buf, s_buf in zip(model.teacher.buffers(), model.student.buffers(), strict=True):
+        assert torch.equal(t_buf, s_buf)

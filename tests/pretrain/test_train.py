@@ -183,6 +183,7 @@ def test_two_process_ddp_on_cpu(fashion_scenes_root, tmp_path):
         "loss.dino.collapse=sinkhorn",
         "heads.cls.use_bn=true",  # batch statistics all-reduced inside the heads
         "heads.patch.use_bn=true",
+        "model.stem=conv",  # batch norm in the backbone: teacher statistics averaged over ranks
     ]
     procs = []
     for rank in range(2):
