@@ -28,7 +28,12 @@ from tqdm import tqdm
 
 from common.datasets.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 from common.datasets.palette import write_mask
-from common.datasets.scene_render import SceneParams, render_scene
+from common.datasets.scene_render import (
+    BackgroundPattern,
+    SceneParams,
+    background_pattern,
+    render_scene,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,12 @@ def scene_id(split: str, index: int) -> str:
 def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The RNG of one scene, independent of generation order and worker count."""
     return np.random.default_rng([seed, _SPLIT_CODE[split], index])
+
+
+def scene_background(seed: int, scene: str) -> BackgroundPattern:
+    """The background pattern of scene ``scene`` (a file stem such as ``train_000012``)."""
+    split, index = scene.rsplit("_", 1)
+    return background_pattern(scene_rng(seed, split, int(index)))
 
 
 def scene_params(size: int, settings: dict) -> SceneParams:

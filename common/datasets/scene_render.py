@@ -77,15 +77,36 @@ def _random_colour(rng: np.random.Generator, low: float, high: float) -> np.ndar
     return rng.uniform(low, high, size=3)
 
 
+@dataclass(frozen=True)
+class BackgroundPattern:
+    """Which background a scene got: ``smooth`` colour noise or ``stripes`` at ``angle``."""
+
+    kind: str
+    angle: float | None = None  # stripe direction in radians, [0, pi)
+
+
+def background_pattern(rng: np.random.Generator) -> BackgroundPattern:
+    """The first draws of a scene's RNG, which fix its background pattern.
+
+    ``render_scene`` draws the background first, so applying this to a fresh
+    ``scene_rng(seed, split, index)`` tells what that scene's background is, without
+    rendering it (used to measure whether features encode backgrounds).
+    """
+    if rng.random() < 0.5:
+        return BackgroundPattern("smooth")
+    return BackgroundPattern("stripes", float(rng.uniform(0, np.pi)))
+
+
 def _background(rng: np.random.Generator, size: int, high: float) -> np.ndarray:
     """Float [H, W, 3] in [0, 1]: smooth colour noise or stripes, plus fine grain."""
-    if rng.random() < 0.5:
+    pattern = background_pattern(rng)
+    if pattern.kind == "smooth":
         grid = int(rng.integers(2, 6))
         coarse = (rng.uniform(0.05, high, size=(grid, grid, 3)) * 255).astype(np.uint8)
         smooth = Image.fromarray(coarse).resize((size, size), Image.BICUBIC)
         base = np.asarray(smooth, dtype=np.float32) / 255.0
     else:
-        angle = rng.uniform(0, np.pi)
+        angle = pattern.angle
         period = rng.uniform(0.15, 0.5) * size
         ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
         phase = (xs * np.cos(angle) + ys * np.sin(angle)) * (2 * np.pi / period)

@@ -171,3 +171,24 @@ def test_regenerating_replaces_the_old_set_but_never_foreign_files(tmp_path: Pat
     with pytest.raises(ValueError, match=r"holds files it did not write \(\['holiday.jpg'\]\)"):
         generate_fashion_scenes(root, n_train=3, n_test=1, workers=1, progress=False)
     assert (root / "meta.json").is_file()
+
+
+def test_background_pattern_names_the_background_each_scene_gets() -> None:
+    from common.datasets.fashion_scenes import scene_rng
+    from common.datasets.scene_render import _background, background_pattern
+
+    errors, kinds = [], []
+    for index in range(60):
+        pattern = background_pattern(scene_rng(0, "train", index))
+        kinds.append(pattern.kind)
+        if pattern.kind != "stripes":
+            continue
+        image = _background(scene_rng(0, "train", index), 64, 0.6)
+        # The dominant gradient direction (structure tensor) is across the stripes.
+        gy, gx = np.gradient(image, axis=(0, 1))
+        jxx, jyy, jxy = (gx * gx).sum(), (gy * gy).sum(), (gx * gy).sum()
+        measured = 0.5 * np.arctan2(2 * jxy, jxx - jyy) % np.pi
+        diff = abs(measured - pattern.angle)
+        errors.append(min(diff, np.pi - diff))
+    assert 20 < kinds.count("stripes") < 40
+    assert np.median(errors) < 0.05 and np.mean(np.asarray(errors) < 0.15) > 0.9
