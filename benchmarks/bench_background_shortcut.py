@@ -5,7 +5,8 @@ a random angle), so a self-supervised objective can match them by the background
 each exported backbone, and for raw pixels and a randomly initialised ViT measured in the
 same process, this reports weighted 20-NN accuracy on the single-object test scenes (bank:
 the single-object train scenes) of three targets: the item class (10 classes), the
-background kind (smooth or stripes) and the stripe angle in 4 bins (stripe scenes only).
+background kind (smooth or stripes) and the stripe angle in 4 bins (stripe scenes only);
+on ``--background mosaic`` sets only the item class is meaningful.
 Features that retrieve backgrounds far better than items have learnt the shortcut. The
 backgrounds are re-derived from each scene's seeded RNG, so any set written by
 ``common.datasets.fashion_scenes`` works.
@@ -35,14 +36,15 @@ ANGLE_BINS = 4
 
 def single_object_targets(root: Path, split: str) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
     """Images of the single-object scenes and their class, background kind and angle bin."""
-    seed = json.loads((root / "meta.json").read_text())["seed"]
+    meta = json.loads((root / "meta.json").read_text())
+    seed, style = meta["seed"], meta["params"].get("background", "texture")
     ds = VOCSegmentation(root, split)
     images, cls, kind, angle = [], [], [], []
     for i in range(len(ds)):
         labels = ds.image_labels(i)
         if len(labels) != 1:
             continue
-        pattern = scene_background(seed, ds.ids[i])
+        pattern = scene_background(seed, ds.ids[i], style)
         images.append(ds[i]["image"])
         cls.append(labels[0])
         kind.append(int(pattern.kind == "stripes"))

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from common.datasets.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 from common.datasets.palette import write_mask
 from common.datasets.scene_render import (
+    BACKGROUNDS,
     BackgroundPattern,
     SceneParams,
     background_pattern,
@@ -64,10 +65,10 @@ def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, _SPLIT_CODE[split], index])
 
 
-def scene_background(seed: int, scene: str) -> BackgroundPattern:
+def scene_background(seed: int, scene: str, style: str = "texture") -> BackgroundPattern:
     """The background pattern of scene ``scene`` (a file stem such as ``train_000012``)."""
     split, index = scene.rsplit("_", 1)
-    return background_pattern(scene_rng(seed, split, int(index)))
+    return background_pattern(scene_rng(seed, split, int(index)), style)
 
 
 def scene_params(size: int, settings: dict) -> SceneParams:
@@ -347,6 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"{defaults.background_max}); lower values give muted backgrounds and salient items",
     )
     parser.add_argument(
+        "--background",
+        choices=BACKGROUNDS,
+        default=defaults.background,
+        help="texture: smooth colour noise or stripes, one pattern per scene (default); "
+        "mosaic: cells of random colours, which two crops of a scene cannot be matched by "
+        "and which a colour threshold cannot separate from the items",
+    )
+    parser.add_argument(
         "--fashion-mnist-root",
         type=Path,
         default=None,
@@ -372,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         scale_max=args.scale_max,
         min_visible_frac=args.min_visible_frac,
         background_max=args.background_max,
+        background=args.background,
     )
     return 0
 

@@ -15,6 +15,9 @@ from PIL import Image
 
 from common.datasets.palette import IGNORE_INDEX
 
+BACKGROUNDS = ("texture", "mosaic")
+MOSAIC_CELLS = (4, 8)  # cell sides in px, one drawn per scene
+
 
 @dataclass(frozen=True)
 class SceneParams:
@@ -31,8 +34,13 @@ class SceneParams:
     item_threshold: int = 24
     # A class needs this share of the scene's pixels to count as present (2 % = 82 px at 64).
     min_visible_frac: float = 0.02
-    # Brightest background colour value (0..1); items are tinted at value >= 0.75.
+    # Brightest background colour value (0..1) of texture backgrounds; items are tinted at
+    # value >= 0.75.
     background_max: float = 0.6
+    # "texture": smooth colour noise or stripes, one pattern per scene. "mosaic": cells of
+    # random colours (value 0.2-0.9), so that two crops of a scene share no pattern and the
+    # items' colours overlap the background's (measured in benchmarks/RESULTS.md).
+    background: str = "texture"
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -51,6 +59,13 @@ class SceneParams:
             raise ValueError(
                 f"background_max must be in (0.05, 1] (backgrounds start at 0.05), "
                 f"got {self.background_max}"
+            )
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {BACKGROUNDS}, got {self.background!r}")
+        if self.background == "mosaic" and self.background_max != 0.6:
+            raise ValueError(
+                "background_max applies to texture backgrounds only; mosaic cells always "
+                "span colour values 0.2-0.9"
             )
         probs = np.asarray(self.count_probs, dtype=float)
         if probs.ndim != 1 or len(probs) < 1 or (probs < 0).any() or abs(probs.sum() - 1) > 1e-6:
@@ -85,13 +100,16 @@ class BackgroundPattern:
     angle: float | None = None  # stripe direction in radians, [0, pi)
 
 
-def background_pattern(rng: np.random.Generator) -> BackgroundPattern:
+def background_pattern(rng: np.random.Generator, style: str = "texture") -> BackgroundPattern:
     """The first draws of a scene's RNG, which fix its background pattern.
 
     ``render_scene`` draws the background first, so applying this to a fresh
     ``scene_rng(seed, split, index)`` tells what that scene's background is, without
-    rendering it (used to measure whether features encode backgrounds).
+    rendering it (used to measure whether features encode backgrounds). Mosaic scenes are
+    all kind ``mosaic``.
     """
+    if style == "mosaic":
+        return BackgroundPattern("mosaic")
     if rng.random() < 0.5:
         return BackgroundPattern("smooth")
     return BackgroundPattern("stripes", float(rng.uniform(0, np.pi)))
@@ -117,6 +135,17 @@ def _background(rng: np.random.Generator, size: int, high: float) -> np.ndarray:
     return np.clip(base + grain, 0.0, 1.0).astype(np.float32)
 
 
+def _mosaic_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Float [H, W, 3]: square cells of random hue, saturation and value, plus fine grain."""
+    cell = int(rng.choice(MOSAIC_CELLS))
+    cells = -(-size // cell)
+    hsv = rng.uniform((0.0, 0.3, 0.2), (1.0, 1.0, 0.9), size=(cells * cells, 3))
+    rgb = np.array([colorsys.hsv_to_rgb(*c) for c in hsv], dtype=np.float32)
+    base = np.kron(rgb.reshape(cells, cells, 3), np.ones((cell, cell, 1), np.float32))
+    grain = rng.normal(0.0, 0.03, size=(size, size, 3))
+    return np.clip(base[:size, :size] + grain, 0.0, 1.0).astype(np.float32)
+
+
 def _tint(rng: np.random.Generator) -> np.ndarray:
     """A saturated, bright RGB colour, so items stand out from muted backgrounds."""
     hue = rng.uniform(0, 1)
@@ -133,7 +162,10 @@ def render_scene(
 ) -> Scene:
     """Compose a scene from ``items`` [N, 28, 28]; ``by_class[c]`` lists the indices of class c."""
     size = params.size
-    canvas = _background(rng, size, params.background_max)
+    if params.background == "mosaic":
+        canvas = _mosaic_background(rng, size)
+    else:
+        canvas = _background(rng, size, params.background_max)
     mask = np.zeros((size, size), dtype=np.uint8)
     count = int(rng.choice(len(params.count_probs), p=params.count_probs))
     # Distinct classes per scene: image-level labels then map one-to-one to items.

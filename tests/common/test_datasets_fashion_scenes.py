@@ -192,3 +192,37 @@ def test_background_pattern_names_the_background_each_scene_gets() -> None:
         errors.append(min(diff, np.pi - diff))
     assert 20 < kinds.count("stripes") < 40
     assert np.median(errors) < 0.05 and np.mean(np.asarray(errors) < 0.15) > 0.9
+
+
+def test_mosaic_background_is_cells_of_random_colours() -> None:
+    from common.datasets.fashion_scenes import scene_background, scene_rng
+    from common.datasets.scene_render import render_scene
+
+    params = SceneParams(count_probs=(1.0,), background="mosaic")  # no items: background only
+    empty = np.zeros((0, 28, 28), np.uint8)
+    for index in range(6):
+        image = render_scene(scene_rng(0, "train", index), empty, [], params).image / 255.0
+        cell = next(c for c in (8, 4) if _cells_are_flat(image, c))
+        blocks = image.reshape(64 // cell, cell, 64 // cell, cell, 3).mean(axis=(1, 3))
+        # Neighbouring cells differ (random colours), values stay in the drawn range.
+        assert np.abs(np.diff(blocks, axis=0)).mean() > 0.1
+        assert 0.15 < blocks.max(axis=-1).min() and blocks.max() < 0.95
+        assert scene_background(0, f"train_{index:06d}", "mosaic").kind == "mosaic"
+
+
+def _cells_are_flat(image: np.ndarray, cell: int) -> bool:
+    blocks = image.reshape(64 // cell, cell, 64 // cell, cell, 3)
+    return float(blocks.std(axis=(1, 3)).mean()) < 0.06
+
+
+def test_mosaic_settings_are_validated_and_recorded(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="background must be one of"):
+        SceneParams(background="plaid").validate()
+    with pytest.raises(ValueError, match="background_max applies to texture backgrounds only"):
+        SceneParams(background="mosaic", background_max=0.2).validate()
+    root = generate_fashion_scenes(
+        tmp_path / "m", n_train=4, n_test=2, workers=1, progress=False, background="mosaic"
+    )
+    assert json.loads((root / "meta.json").read_text())["params"]["background"] == "mosaic"
+    with pytest.raises(ValueError, match="background"):
+        ensure_fashion_scenes(root, n_train=4, n_test=2)  # a texture set was asked for
