@@ -54,14 +54,17 @@ def single_object_targets(root: Path, split: str) -> tuple[torch.Tensor, dict[st
     return torch.stack(images), {k: np.asarray(v) for k, v in targets.items()}
 
 
-def knn_scores(bank: np.ndarray, queries: np.ndarray, train: dict, test: dict) -> list[float]:
-    """20-NN accuracy (%) per target; the angle only among stripe scenes."""
+def knn_scores(bank: np.ndarray, queries: np.ndarray, train: dict, test: dict) -> list[str]:
+    """20-NN accuracy (%) per target; the angle only among stripe scenes ("–" if no classes)."""
     scores = []
     for key in train:
         keep_b = train[key] >= 0
         keep_q = test[key] >= 0
+        if len(np.unique(train[key][keep_b])) < 2 or not keep_q.any():
+            scores.append("–")  # e.g. mosaic backgrounds: one kind, no stripes
+            continue
         pred = knn_predict(bank[keep_b], train[key][keep_b], queries[keep_q], 20, 0.07)
-        scores.append(float((pred == test[key][keep_q]).mean() * 100))
+        scores.append(f"{(pred == test[key][keep_q]).mean() * 100:.1f}")
     return scores
 
 
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> str:
     ]
     for name, bank, queries in feats:
         scores = knn_scores(bank, queries, train_t, test_t)
-        lines.append(f"| {name} | " + " | ".join(f"{s:.1f}" for s in scores) + " |")
+        lines.append(f"| {name} | " + " | ".join(scores) + " |")
     table = "\n".join(lines)
     print(table)
     return table
