@@ -17,6 +17,7 @@ from common.datasets.palette import IGNORE_INDEX
 
 BACKGROUNDS = ("texture", "mosaic")
 MOSAIC_CELLS = (4, 8)  # cell sides in px, one drawn per scene
+DEFAULT_BACKGROUND_MAX = 0.6
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class SceneParams:
     min_visible_frac: float = 0.02
     # Brightest background colour value (0..1) of texture backgrounds; items are tinted at
     # value >= 0.75.
-    background_max: float = 0.6
+    background_max: float = DEFAULT_BACKGROUND_MAX
     # "texture": smooth colour noise or stripes, one pattern per scene. "mosaic": cells of
     # random colours (value 0.2-0.9), so that two crops of a scene share no pattern and the
     # items' colours overlap the background's (measured in benchmarks/RESULTS.md).
@@ -62,7 +63,7 @@ class SceneParams:
             )
         if self.background not in BACKGROUNDS:
             raise ValueError(f"background must be one of {BACKGROUNDS}, got {self.background!r}")
-        if self.background == "mosaic" and self.background_max != 0.6:
+        if self.background == "mosaic" and self.background_max != DEFAULT_BACKGROUND_MAX:
             raise ValueError(
                 "background_max applies to texture backgrounds only; mosaic cells always "
                 "span colour values 0.2-0.9"
