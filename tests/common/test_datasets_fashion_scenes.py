@@ -206,7 +206,7 @@ def test_mosaic_background_is_cells_of_random_colours() -> None:
         blocks = image.reshape(64 // cell, cell, 64 // cell, cell, 3).mean(axis=(1, 3))
         # Neighbouring cells differ (random colours), values stay in the drawn range.
         assert np.abs(np.diff(blocks, axis=0)).mean() > 0.1
-        assert 0.15 < blocks.max(axis=-1).min() and blocks.max() < 0.95
+        assert blocks.max(axis=-1).min() > 0.15 and blocks.max() < 0.95
         assert scene_background(0, f"train_{index:06d}", "mosaic").kind == "mosaic"
 
 
