@@ -17,7 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from common.backbone import backbone_kwargs, build_backbone
-from common.distributed import all_reduce_mean
+from common.distributed import all_reduce_mean, is_dist
 from pretrain.collapse import TeacherTargets, memax_term
 from pretrain.heads import DINOHead, PixelHead
 from pretrain.losses.dino import DINOLoss
@@ -194,6 +194,13 @@ class MetaArch(nn.Module):
     def train(self, mode: bool = True) -> MetaArch:
         super().train(mode)
         self.teacher.eval()  # no drop-path in the teacher, whatever the student does
+        if mode:
+            # Batch norm (the conv stem) normalises the teacher's own global crops and keeps
+            # running statistics of them, as DINO's teacher does for ResNets: statistics
+            # copied from the student would mix in local crops and lag the EMA weights.
+            for module in self.teacher.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.train()
         return self
 
     def forward(
@@ -264,19 +271,19 @@ class MetaArch(nn.Module):
     def update_teacher(self, momentum: float) -> None:
         """``theta_t <- m theta_t + (1 - m) theta_s`` for every parameter.
 
-        Buffers (the conv stem's batch-norm statistics) are copied: the teacher runs in eval
-        mode, so it normalises with the student's running statistics, averaged over the
-        processes (each rank's student updates them from its own batch) so that every
-        replica's teacher stays identical.
+        The teacher's batch-norm statistics (conv stem) are its own, updated by its forward
+        passes; they are averaged over processes here, in one all-reduce, so that every
+        replica's teacher stays identical although each saw only its own batch.
         """
         s_params = list(self.student.parameters())
         t_params = list(self.teacher.parameters())
         torch._foreach_mul_(t_params, momentum)
         torch._foreach_add_(t_params, [p.detach() for p in s_params], alpha=1 - momentum)
-        for t_buf, s_buf in zip(self.teacher.buffers(), self.student.buffers(), strict=True):
-            t_buf.copy_(s_buf)
-            if t_buf.is_floating_point():
-                all_reduce_mean(t_buf)
+        buffers = [b for b in self.teacher.buffers() if b.is_floating_point()]
+        if buffers and is_dist():
+            flat = all_reduce_mean(torch.cat([b.flatten() for b in buffers]))
+            chunks = flat.split([b.numel() for b in buffers])
+            torch._foreach_copy_(buffers, [c.view_as(b) for c, b in zip(chunks, buffers)])
 
 
 @torch.no_grad()

@@ -98,14 +98,20 @@ def test_a_collapsed_teacher_head_is_reported(tiny_config):
     assert stats["teacher_head_agreement"] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_teacher_takes_the_students_conv_stem_statistics(tiny_config):
+def test_teacher_batch_norm_keeps_its_own_statistics_of_global_crops(tiny_config):
     cfg = tiny_config("dino", "model.stem=conv")
-    model = MetaArch(cfg)
-    model.train()
-    model(_batch(cfg), teacher_temp=0.04)  # the student's batch norm updates its running stats
-    student_bn = model.student.backbone.patch_embed.proj[1]
+    model = MetaArch(cfg).train()
     teacher_bn = model.teacher.backbone.patch_embed.proj[1]
-    assert not torch.equal(student_bn.running_mean, teacher_bn.running_mean)
-    model.update_teacher(0.99)
-    for t_buf, s_buf in zip(model.teacher.buffers(), model.student.buffers(), strict=True):
-        assert torch.equal(t_buf, s_buf)
+    student_bn = model.student.backbone.patch_embed.proj[1]
+    assert not model.teacher.training and teacher_bn.training  # drop-path off, BN on batches
+    batch = _batch(cfg)
+    model(batch, teacher_temp=0.04)
+    # One teacher pass (global crops), two student passes (global crops, local crops).
+    assert int(teacher_bn.num_batches_tracked) == 1 and int(student_bn.num_batches_tracked) == 2
+    with torch.no_grad():
+        first = model.teacher.backbone.patch_embed.proj[0](batch["global_crops"].flatten(0, 1))
+    expected = 0.9 * torch.zeros(first.shape[1]) + 0.1 * first.mean(dim=(0, 2, 3))
+    assert torch.allclose(teacher_bn.running_mean, expected, atol=1e-6)
+    model.update_teacher(0.99)  # single process: the statistics stay the teacher's own
+    assert torch.allclose(teacher_bn.running_mean, expected, atol=1e-6)
+    assert not model.eval().teacher.backbone.patch_embed.proj[1].training
