@@ -283,7 +283,8 @@ class MetaArch(nn.Module):
         if buffers and is_dist():
             flat = all_reduce_mean(torch.cat([b.flatten() for b in buffers]))
             chunks = flat.split([b.numel() for b in buffers])
-            torch._foreach_copy_(buffers, [c.view_as(b) for c, b in zip(chunks, buffers)])
+            views = [c.view_as(b) for c, b in zip(chunks, buffers, strict=True)]
+            torch._foreach_copy_(buffers, views)
 
 
 @torch.no_grad()
