@@ -14,8 +14,8 @@ class BatchStatNorm(nn.Module):
     """Batch normalisation that always uses the statistics of the current global batch.
 
     DINO's ``use_bn_in_head`` (SyncBatchNorm in the projection MLP). No running statistics:
-    the teacher is an EMA of the student's parameters, not of its buffers, so both normalise
-    with the batch at hand. Under DDP the mean and variance are those of the global batch;
+    the teacher's head weights are an EMA of the student's, and both heads normalise with the
+    batch at hand. Under DDP the mean and variance are those of the global batch;
     the backward pass treats the other processes' rows as constants. One row normalises to
     the bias, an empty batch stays empty.
     """
