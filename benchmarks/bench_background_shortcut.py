@@ -28,7 +28,7 @@ from bench_pretrain_quality import pixel_features, run_name  # the script's own 
 from common.backbone import build_backbone, load_backbone
 from common.datasets.fashion_scenes import scene_background
 from common.datasets.voc import VOCSegmentation
-from pretrain.probe import extract_features, knn_predict
+from pretrain.probe import extract_features, knn_predict, single_object_images
 
 log = logging.getLogger("bench_background_shortcut")
 ANGLE_BINS = 4
@@ -38,20 +38,17 @@ def single_object_targets(root: Path, split: str) -> tuple[torch.Tensor, dict[st
     """Images of the single-object scenes and their class, background kind and angle bin."""
     meta = json.loads((root / "meta.json").read_text())
     seed, style = meta["seed"], meta["params"].get("background", "texture")
-    ds = VOCSegmentation(root, split)
-    images, cls, kind, angle = [], [], [], []
-    for i in range(len(ds)):
-        labels = ds.image_labels(i)
-        if len(labels) != 1:
-            continue
-        pattern = scene_background(seed, ds.ids[i], style)
-        images.append(ds[i]["image"])
-        cls.append(labels[0])
+    images, cls = single_object_images(root, split)
+    ds = VOCSegmentation(root, split)  # the same scenes, in the same order, for their ids
+    ids = [ds.ids[i] for i in range(len(ds)) if len(ds.image_labels(i)) == 1]
+    kind, angle = [], []
+    for scene in ids:
+        pattern = scene_background(seed, scene, style)
         kind.append(int(pattern.kind == "stripes"))
         bins = -1 if pattern.angle is None else int(pattern.angle / np.pi * ANGLE_BINS)
         angle.append(min(bins, ANGLE_BINS - 1))
     targets = {"item class": cls, "background kind": kind, "stripe angle": angle}
-    return torch.stack(images), {k: np.asarray(v) for k, v in targets.items()}
+    return images, {k: np.asarray(v) for k, v in targets.items()}
 
 
 def knn_scores(bank: np.ndarray, queries: np.ndarray, train: dict, test: dict) -> list[str]:

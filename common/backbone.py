@@ -34,8 +34,8 @@ ARCH_PRESETS: dict[str, dict[str, int]] = {
     "vit_large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
 }
 
-# Token embeddings by config name (``model.stem``) and by the name stored in the export.
-STEMS = {"patch": None, "conv": "conv_stem"}
+STEMS = ("patch", "conv")  # ``model.stem`` values
+# Embedding layers by the name stored in the export's kwargs (``model.stem=conv``).
 EMBED_LAYERS = {"conv_stem": ConvStemEmbed}
 
 
@@ -84,8 +84,7 @@ def backbone_kwargs(
     )
     if stem == "conv":
         conv_stem_steps(patch_size)  # fail at config time, not when the model is built
-    if STEMS[stem] is not None:
-        kwargs["embed_layer"] = STEMS[stem]
+        kwargs["embed_layer"] = "conv_stem"
     return kwargs
 
 
