@@ -1,78 +1,180 @@
-"""Training-step throughput and peak memory of pretraining recipes (model step and data).
+"""Training-step throughput, peak memory and (on GPU) model-FLOP utilisation of pretraining.
 
-Each recipe runs in its own subprocess (so peak memory is its own): a few warm-up steps,
-then timed optimisation steps (forward, backward, AdamW, EMA) on fixed random multi-crop
-batches, and separately the multi-crop + masking data pipeline on real FashionScenes
-images. Reported as source images per second and as ratios to the first recipe.
+Each recipe runs in its own subprocess (so peak memory is its own) and times the real
+``pretrain.train.Trainer.train_step`` (schedules, autocast, grad scaler, finite checks,
+clipping, AdamW, EMA) on three random multi-crop batches already on the device, in turn,
+after warm-up steps. ``--compile`` adds rows with ``train.compile=true``. On CPU the
+multi-crop + masking data pipeline is timed separately on real FashionScenes images. On GPU
+the step's FLOPs are counted with ``torch.utils.flop_counter`` (matmuls, convolutions and
+attention, forward and backward) and divided by the step time and by the GPU's bf16 matmul
+rate measured in the same run.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_pretrain_speed.py --steps 5
+    PYTHONPATH=. python benchmarks/bench_pretrain_speed.py --device cuda --steps 20 --compile
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
+
+@dataclass(frozen=True)
+class Recipe:
+    preset: str
+    overrides: list[str] = field(default_factory=list)
+    batch: dict[str, int] = field(default_factory=dict)  # per-process batch by device type
+
+
+VIT_S = ["crops.num_local=8", "model.drop_path_rate=0.1", "heads.cls.out_dim=65536"]
+VIT_B = [*VIT_S, "model.arch=vit_base"]
 RECIPES = {
-    "fashion_tiny": ("fashion_tiny", []),
-    "ViT-S/16 224 (2x224 + 8x96)": (
-        "dino",
-        ["crops.num_local=8", "model.drop_path_rate=0.1", "heads.cls.out_dim=65536"],
-    ),
+    "fashion_tiny": Recipe("fashion_tiny", [], {"cpu": 64, "cuda": 256}),
+    "ViT-S/16 224 dino": Recipe("dino", VIT_S, {"cpu": 4, "cuda": 128}),
+    "ViT-S/16 224 maskcluster": Recipe("maskcluster", VIT_S, {"cuda": 128}),
+    "ViT-B/16 224 dino": Recipe("dino", VIT_B, {"cuda": 64}),
 }
 
 
-def batch_for(cfg, batch_size: int) -> dict[str, torch.Tensor]:
+def batch_for(cfg, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
     c = cfg.crops
     grid = c.global_size // cfg.model.patch_size
     g = torch.randn(c.num_global, batch_size, 3, c.global_size, c.global_size)
     out = {"global_crops": g, "masks": torch.rand(c.num_global, batch_size, grid, grid) < 0.3}
     if c.num_local:
         out["local_crops"] = torch.randn(c.num_local, batch_size, 3, c.local_size, c.local_size)
-    return out
+    return {k: v.to(device) for k, v in out.items()}
 
 
-def measure(preset: str, overrides: list[str], batch_size: int, steps: int, threads: int) -> dict:
+def write_images(folder: Path, count: int) -> None:
+    """A folder the Trainer can index; the timed batches are random tensors, not these."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_flops(trainer, batch: dict[str, torch.Tensor]) -> float:
+    """FLOPs of one training step (forward + backward of student, teacher forward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_step(batch)
+    return float(counter.get_total_flops())
+
+
+def measure(
+    name: str,
+    device: str,
+    precision: str,
+    steps: int,
+    threads: int,
+    compile_: bool,
+    profile: bool = False,
+) -> dict:
     from common.config import load_config
-    from pretrain.model import MetaArch
-    from pretrain.train import param_groups
+    from common.rundir import RunDir
+    from pretrain.train import Trainer
 
-    torch.set_num_threads(threads)
+    recipe = RECIPES[name]
+    dev = torch.device(device)
+    batch_size = recipe.batch[dev.type]
     torch.manual_seed(0)
-    cfg = load_config("pretrain", preset, [*overrides, f"train.batch_size={batch_size}"])
-    model = MetaArch(cfg)
-    opt = torch.optim.AdamW(param_groups(model.student), lr=1e-4)
-    batch = batch_for(cfg, batch_size)
-
-    def step() -> None:
-        loss, _ = model(batch, 0.04)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        model.update_teacher(0.996)
-
-    step()  # warm-up: allocator, kernels
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    elapsed = time.perf_counter() - start
-    params = sum(p.numel() for p in model.student.backbone.parameters())
+    with tempfile.TemporaryDirectory() as tmp:
+        write_images(Path(tmp) / "images", batch_size)
+        cfg = load_config(
+            "pretrain",
+            recipe.preset,
+            [
+                *recipe.overrides,
+                f"train.batch_size={batch_size}",
+                f"train.precision={precision}",
+                f"train.num_threads={threads}",
+                f"device={device}",
+                f"data.root={tmp}/images",
+                "eval.every=0",
+                f"train.compile={str(compile_).lower()}",
+            ],
+        )
+        trainer = Trainer(cfg, RunDir(Path(tmp) / "run").make())
+        # Batches rotate so that the number of masked patches changes from step to step, as
+        # in training (a compiled model must cope with it, not specialise to one batch).
+        batches = [batch_for(cfg, batch_size, dev) for _ in range(3)]
+        for i in range(5 if compile_ else 2):  # allocator, kernel selection, compilation
+            trainer.train_step(batches[i % 3])
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        sync(dev)
+        start = time.perf_counter()
+        for i in range(steps):
+            trainer.train_step(batches[i % 3])
+        sync(dev)
+        elapsed = time.perf_counter() - start
+        flops = step_flops(trainer, batches[0]) if dev.type == "cuda" else float("nan")
+        if profile:
+            print_profile(trainer, batches[0])
+    backbone = trainer.model.student.backbone
     return {
-        "preset": preset,
         "images_per_s": steps * batch_size / elapsed,
         "step_s": elapsed / steps,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "backbone_params_m": params / 1e6,
+        "flops_per_step": flops,
+        "peak_mb": (
+            torch.cuda.max_memory_allocated(dev) / 2**20
+            if dev.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        ),
+        "backbone_params_m": sum(p.numel() for p in backbone.parameters()) / 1e6,
         "crops": f"{cfg.crops.num_global}x{cfg.crops.global_size} + "
         f"{cfg.crops.num_local}x{cfg.crops.local_size}",
         "batch_size": batch_size,
     }
+
+
+def print_profile(trainer, batch: dict[str, torch.Tensor], rows: int = 25) -> None:
+    """The step's most expensive operators by device time (to stderr: where the time goes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+    with profile(activities=activities) as prof:
+        trainer.train_step(batch)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=rows)
+    print(table, file=sys.stderr)
+
+
+def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 20) -> float:
+    """Median bf16 matmul rate (TFLOP/s) on random n x n x n products."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(reps):
+        begin = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        begin.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize(device)
+        times.append(begin.elapsed_time(end) / 1e3)
+    return 2 * n**3 / float(np.median(times)) / 1e12
 
 
 def measure_data(preset: str, samples: int) -> float:
@@ -90,46 +192,23 @@ def measure_data(preset: str, samples: int) -> float:
     return samples / (time.perf_counter() - start)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per recipe")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--tiny-batch", type=int, default=64)
-    parser.add_argument("--vits-batch", type=int, default=4)
-    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.one is not None:
-        preset, overrides = RECIPES[args.one]
-        bs = args.tiny_batch if preset == "fashion_tiny" else args.vits_batch
-        res = measure(preset, overrides, bs, args.steps, args.threads)
-        if preset == "fashion_tiny":
-            res["data_samples_per_s"] = measure_data(preset, 200)
-        print(json.dumps(res))
-        return
-    rows = {}
-    for name in RECIPES:
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--one",
-                name,
-                "--steps",
-                str(args.steps),
-                "--threads",
-                str(args.threads),
-                "--tiny-batch",
-                str(args.tiny_batch),
-                "--vits-batch",
-                str(args.vits_batch),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        rows[name] = json.loads(out.strip().splitlines()[-1])
+def run_one(args: argparse.Namespace, name: str, compile_: bool) -> dict:
+    command = [
+        sys.executable,
+        __file__,
+        "--one",
+        name,
+        *("--device", args.device, "--precision", args.precision),
+        *("--steps", str(args.steps), "--threads", str(args.threads)),
+        *(["--compile"] if compile_ else []),
+    ]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def print_cpu(args: argparse.Namespace, rows: dict[str, dict]) -> None:
     base = next(iter(rows.values()))
-    print(f"CPU, {args.threads} torch threads, {args.steps} timed steps after 1 warm-up step\n")
+    print(f"CPU, {args.threads} torch threads, {args.steps} timed steps after 2 warm-up steps\n")
     print(
         "| recipe | crops | batch | backbone params | step (s) | images/s | ratio "
         "| peak RSS (MiB) |"
@@ -139,13 +218,80 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"| {name} | {r['crops']} | {r['batch_size']} | {r['backbone_params_m']:.2f} M | "
             f"{r['step_s']:.3f} | {r['images_per_s']:.1f} | "
-            f"{r['images_per_s'] / base['images_per_s']:.4f} | {r['peak_rss_mb']:.0f} |"
+            f"{r['images_per_s'] / base['images_per_s']:.4f} | {r['peak_mb']:.0f} |"
         )
     if "data_samples_per_s" in base:
         print(
             f"\nfashion_tiny data pipeline (multi-crop + masks, 1 thread, 1 process): "
             f"{base['data_samples_per_s']:.1f} images/s"
         )
+
+
+def print_gpu(args: argparse.Namespace, rows: dict[str, dict], peak: float) -> None:
+    name = torch.cuda.get_device_name()
+    print(
+        f"{name}, {args.precision} autocast, {args.steps} timed steps after warm-up; "
+        f"measured bf16 matmul rate (8192^3, median of 20): {peak:.0f} TFLOP/s\n"
+    )
+    print(
+        "| recipe | crops | batch | backbone params | step (ms) | images/s | "
+        "TFLOP/step | TFLOP/s | MFU | peak memory (GiB) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label, r in rows.items():
+        achieved = r["flops_per_step"] / r["step_s"] / 1e12
+        print(
+            f"| {label} | {r['crops']} | {r['batch_size']} | {r['backbone_params_m']:.2f} M | "
+            f"{1e3 * r['step_s']:.1f} | {r['images_per_s']:.0f} | "
+            f"{r['flops_per_step'] / 1e12:.2f} | {achieved:.0f} | {achieved / peak:.3f} | "
+            f"{r['peak_mb'] / 1024:.1f} |"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--precision", default=None, help="fp32 | bf16 | fp16 (default: fp32 on CPU, bf16 on GPU)"
+    )
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per recipe")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time torch.compile'd models (GPU)"
+    )
+    parser.add_argument(
+        "--recipes", nargs="+", choices=list(RECIPES), help="a subset (default: all)"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="with --one on GPU: top operators by device time"
+    )
+    parser.add_argument("--one", default=None, help="time this one recipe in this process")
+    args = parser.parse_args(argv)
+    dev = torch.device(args.device)
+    args.precision = args.precision or ("bf16" if dev.type == "cuda" else "fp32")
+    if args.one is not None:
+        logging.disable(logging.INFO)
+        res = measure(
+            args.one,
+            args.device,
+            args.precision,
+            args.steps,
+            args.threads,
+            args.compile,
+            args.profile,
+        )
+        if args.one == "fashion_tiny" and dev.type == "cpu":
+            res["data_samples_per_s"] = measure_data("fashion_tiny", 200)
+        print(json.dumps(res))
+        return
+    names = [n for n in args.recipes or RECIPES if dev.type in RECIPES[n].batch]
+    rows = {name: run_one(args, name, False) for name in names}
+    if dev.type == "cpu":
+        print_cpu(args, rows)
+        return
+    if args.compile:
+        rows |= {f"{n}, compiled": run_one(args, n, True) for n in names if n != "fashion_tiny"}
+    print_gpu(args, rows, matmul_tflops(dev))
 
 
 if __name__ == "__main__":

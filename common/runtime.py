@@ -44,8 +44,13 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore :func:`rng_state`'s output, also from a checkpoint loaded onto a GPU.
+
+    torch only takes RNG states as CPU byte tensors, and a checkpoint loaded with
+    ``map_location="cuda"`` carries them on the GPU.
+    """
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -191,6 +191,19 @@ class MetaArch(nn.Module):
         self.pixel_loss = PixelReconstructionLoss(loss.pixel.norm_pix)
         self.koleo_loss = KoLeoLoss()
 
+    def compile_encoders(self) -> None:
+        """``torch.compile`` the student's forward and the teacher's, in place.
+
+        In place, so parameter names, checkpoints and exports stay those of an eager run.
+        Whole encoders, not single blocks: most of the gain is in fusing the norms, heads and
+        casts around the matmuls, and one compiled function per encoder stays within
+        dynamo's recompilation limit where a dozen compiled blocks times the crop sizes does
+        not. The masked-patch selection has a data-dependent size: dynamo breaks the graph
+        there and marks that size dynamic after the first change.
+        """
+        self.student.compile()
+        self.teacher.teacher_forward = torch.compile(self.teacher.teacher_forward)
+
     def train(self, mode: bool = True) -> MetaArch:
         super().train(mode)
         self.teacher.eval()  # no drop-path in the teacher, whatever the student does

@@ -90,6 +90,8 @@ class Trainer:
             t, cfg.loss, self.steps_per_epoch, self.batch_size * self.world
         )
         self.model = MetaArch(cfg).to(self.device)
+        if t.compile:
+            self.model.compile_encoders()
         self.student: torch.nn.Module = self.model.student
         if self.world > 1:
             # Without the cls loss (pixel-only runs) the cls head gets no gradient.
