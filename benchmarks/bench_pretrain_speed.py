@@ -4,7 +4,8 @@ Each recipe runs in its own subprocess (so peak memory is its own) and times the
 ``pretrain.train.Trainer.train_step`` (schedules, autocast, grad scaler, finite checks,
 clipping, AdamW, EMA) on three random multi-crop batches already on the device, in turn,
 after warm-up steps. ``--compile`` adds rows with ``train.compile=true``. On CPU the
-multi-crop + masking data pipeline is timed separately on real FashionScenes images. On GPU
+multi-crop + masking data pipeline is timed separately, for fashion_tiny on FashionScenes and
+for the ViT-S/16 recipe on 500x375 JPEGs, each against torchvision's 2-D blur. On GPU
 the step's FLOPs are counted with ``torch.utils.flop_counter`` (matmuls, convolutions and
 attention, forward and backward) and divided by the step time and by the GPU's bf16 matmul
 rate measured in the same run.
@@ -16,6 +17,7 @@ rate measured in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import resource
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 
 @dataclass(frozen=True)
@@ -177,19 +180,62 @@ def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 20) -> float:
     return 2 * n**3 / float(np.median(times)) / 1e12
 
 
-def measure_data(preset: str, samples: int) -> float:
-    """Multi-crop samples per second of the data pipeline in one process, one thread."""
+def photo_folder(folder: Path, count: int = 16) -> Path:
+    """``count`` 500x375 JPEGs (ImageNet-sized) made from FashionScenes scenes."""
+    scenes = sorted(Path("data/fashion_scenes/JPEGImages").glob("*.jpg"))[:count]
+    folder.mkdir(parents=True)
+    for i, scene in enumerate(scenes):
+        with Image.open(scene) as img:
+            img.convert("RGB").resize((500, 375), Image.BICUBIC).save(folder / f"{i}.jpg")
+    return folder
+
+
+@contextlib.contextmanager
+def torchvision_blur():
+    """Build pipelines with torchvision's 2-D Gaussian blur, the baseline of our separable one."""
+    import pretrain.augment as augment
+
+    ours = augment.SeparableGaussianBlur
+    augment.SeparableGaussianBlur = lambda k, sigma: v2.GaussianBlur(k, sigma=sigma)
+    try:
+        yield
+    finally:
+        augment.SeparableGaussianBlur = ours
+
+
+def measure_data(preset: str, overrides: list[str], samples: int) -> float:
+    """Multi-crop + mask samples per second of the data pipeline in one process, one thread."""
     from common.config import load_config
     from pretrain.data import MultiCropDataset, load_unlabeled
 
     torch.set_num_threads(1)
-    cfg = load_config("pretrain", preset)
+    cfg = load_config("pretrain", preset, overrides)
     ds = MultiCropDataset(load_unlabeled(cfg.data), cfg.crops, cfg.masking, cfg.model.patch_size, 0)
     ds[(0, 0)]
     start = time.perf_counter()
     for i in range(samples):
-        ds[(0, i)]
+        ds[(0, i % len(ds))]
     return samples / (time.perf_counter() - start)
+
+
+def data_rates(samples: int) -> dict[str, tuple[float, float]]:
+    """(ours, torchvision blur) pipeline rates of the fashion_tiny and ViT-S/16 recipes."""
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = photo_folder(Path(tmp) / "photos")
+        recipes = {
+            "fashion_tiny (FashionScenes, 64 px)": ("fashion_tiny", [], samples),
+            "ViT-S/16 224 maskcluster (500x375 JPEGs)": (
+                "maskcluster",
+                [*VIT_S, f"data.root={photos}"],
+                max(samples // 8, 8),
+            ),
+        }
+        for name, (preset, overrides, n) in recipes.items():
+            ours = measure_data(preset, overrides, n)
+            with torchvision_blur():
+                rates[name] = (ours, measure_data(preset, overrides, n))
+    return rates
 
 
 def run_one(args: argparse.Namespace, name: str, compile_: bool) -> dict:
@@ -206,7 +252,9 @@ def run_one(args: argparse.Namespace, name: str, compile_: bool) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def print_cpu(args: argparse.Namespace, rows: dict[str, dict]) -> None:
+def print_cpu(
+    args: argparse.Namespace, rows: dict[str, dict], data: dict[str, tuple[float, float]]
+) -> None:
     base = next(iter(rows.values()))
     print(f"CPU, {args.threads} torch threads, {args.steps} timed steps after 2 warm-up steps\n")
     print(
@@ -220,11 +268,11 @@ def print_cpu(args: argparse.Namespace, rows: dict[str, dict]) -> None:
             f"{r['step_s']:.3f} | {r['images_per_s']:.1f} | "
             f"{r['images_per_s'] / base['images_per_s']:.4f} | {r['peak_mb']:.0f} |"
         )
-    if "data_samples_per_s" in base:
-        print(
-            f"\nfashion_tiny data pipeline (multi-crop + masks, 1 thread, 1 process): "
-            f"{base['data_samples_per_s']:.1f} images/s"
-        )
+    print("\nData pipeline (multi-crop + masks), 1 thread, 1 process, images/s:\n")
+    print("| recipe | ours (separable blur) | torchvision 2-D blur | ratio |")
+    print("|---|---|---|---|")
+    for name, (ours, theirs) in data.items():
+        print(f"| {name} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} |")
 
 
 def print_gpu(args: argparse.Namespace, rows: dict[str, dict], peak: float) -> None:
@@ -265,6 +313,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--profile", action="store_true", help="with --one on GPU: top operators by device time"
     )
+    parser.add_argument(
+        "--data-samples", type=int, default=200, help="CPU: samples of the data pipeline timed"
+    )
     parser.add_argument("--one", default=None, help="time this one recipe in this process")
     args = parser.parse_args(argv)
     dev = torch.device(args.device)
@@ -280,14 +331,12 @@ def main(argv: list[str] | None = None) -> None:
             args.compile,
             args.profile,
         )
-        if args.one == "fashion_tiny" and dev.type == "cpu":
-            res["data_samples_per_s"] = measure_data("fashion_tiny", 200)
         print(json.dumps(res))
         return
     names = [n for n in args.recipes or RECIPES if dev.type in RECIPES[n].batch]
     rows = {name: run_one(args, name, False) for name in names}
     if dev.type == "cpu":
-        print_cpu(args, rows)
+        print_cpu(args, rows, data_rates(args.data_samples))
         return
     if args.compile:
         rows |= {f"{n}, compiled": run_one(args, n, True) for n in names if n != "fashion_tiny"}

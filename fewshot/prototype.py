@@ -52,7 +52,8 @@ def prototype_scores(
             cos = (query @ proto).view(1, 1, grid, grid)
             pres.append(cos.max())
             fg.append(F.interpolate(cos, size=(size, size), mode="bilinear")[0, 0])
-        out.append((torch.stack(pres), torch.stack(fg)))
+        # CPU like the heads' probabilities: the metrics and label maps live there.
+        out.append((torch.stack(pres).cpu(), torch.stack(fg).cpu()))
     return out
 
 

@@ -137,5 +137,5 @@ def train_head(
     if validate is None:
         return {"best_val_miou": None, "best_step": step, "steps": step, "seconds": seconds}
     if best_path.is_file():
-        load_state_dict_strict(model, torch.load(best_path, weights_only=True), str(best_path))
+        load_state_dict_strict(model, load_torch_file(best_path), str(best_path))
     return {"best_val_miou": best, "best_step": best_step, "steps": step, "seconds": seconds}

@@ -50,7 +50,8 @@ def extract_features(
     batch_size: int = 256,
 ) -> np.ndarray:
     """L2-normalised features [N, D] of images resized to ``size`` (cls, avg or cls+avg tokens)."""
-    was_training = backbone.training
+    # Each module's own mode: a teacher in eval mode keeps its batch norm training.
+    modes = {module: module.training for module in backbone.modules()}
     backbone.eval()
     device = next(backbone.parameters()).device
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
@@ -67,7 +68,8 @@ def extract_features(
             "cls_avg": torch.cat([cls, patches.mean(dim=(1, 2))], dim=-1),
         }[pooling]
         out.append(F.normalize(feats.float(), dim=-1).cpu())
-    backbone.train(was_training)
+    for module, mode in modes.items():
+        module.training = mode
     return torch.cat(out).numpy()
 
 

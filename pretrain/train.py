@@ -152,7 +152,9 @@ class Trainer:
         path = self.run.last_checkpoint
         if not path.is_file():
             return False
-        state = load_torch_file(path, map_location=self.device)
+        # To CPU: load_state_dict copies onto each parameter's device, while AdamW's step
+        # counters must stay on the CPU (on the GPU each step would sync on them).
+        state = load_torch_file(path)
         load_state_dict_strict(self.model, state["model"], f"checkpoint {path}")
         try:
             self.optimizer.load_state_dict(state["optimizer"])

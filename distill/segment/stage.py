@@ -63,6 +63,9 @@ def train_model(
 ) -> dict:
     """Cross-entropy on the given masks (+ SCD between the image and a rescaled view)."""
     t = cfg.train
+    # On the device before the optimizer exists: a restored optimizer state follows the
+    # parameters' device at load time, and model.to() later would not move it.
+    model.to(device)
     params = [{"params": model.decoder.parameters(), "lr": t.lr}]
     if not cfg.model.freeze_backbone:
         params.append(
@@ -102,7 +105,7 @@ def train_model(
         save_checkpoint(state, ckpt_dir, step, keep=0)
 
     bar = tqdm(total=max_steps, initial=step, desc=f"train {tag}", leave=False)
-    model.to(device).train()
+    model.train()
     while step < max_steps:
         order = torch.randperm(len(dataset), generator=gen).tolist()
         loader = DataLoader(

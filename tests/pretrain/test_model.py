@@ -115,3 +115,13 @@ def test_teacher_batch_norm_keeps_its_own_statistics_of_global_crops(tiny_config
     model.update_teacher(0.99)  # single process: the statistics stay the teacher's own
     assert torch.allclose(teacher_bn.running_mean, expected, atol=1e-6)
     assert not model.eval().teacher.backbone.patch_embed.proj[1].training
+
+
+def test_the_knn_probe_leaves_the_teacher_batch_norm_training(tiny_config):
+    from pretrain.probe import extract_features
+
+    cfg = tiny_config("dino", "model.stem=conv")
+    model = MetaArch(cfg).train()
+    extract_features(model.teacher.backbone, torch.rand(4, 3, 16, 16), 16)
+    assert model.teacher.backbone.patch_embed.proj[1].training  # still its own statistics
+    assert not model.teacher.backbone.training and not model.teacher.backbone.blocks.training

@@ -15,13 +15,20 @@ def _run(args):
     return stage_main("distill/segment", run, "", ["--config", "fashion_tiny", *args])
 
 
-def test_segment_trains_evaluates_and_resumes(tmp_path, fashion_scenes_root, tiny_export, caplog):
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+# On a GPU the resume restores optimizer state onto device parameters: a separate failure mode.
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_segment_trains_evaluates_and_resumes(
+    tmp_path, fashion_scenes_root, tiny_export, caplog, device
+):
     # The fixture's own GT folder stands in for a pseudo-mask folder (same layout).
     args = [
         f"backbone={tiny_export}",
         f"pseudo_masks={fashion_scenes_root / 'SegmentationClassAug'}",
         f"data.root={fashion_scenes_root}",
-        "device=cpu",
+        f"device={device}",
         "train.batch_size=8",
         "train.max_steps=3",
         "train.log_every=1",
