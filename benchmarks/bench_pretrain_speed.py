@@ -182,7 +182,10 @@ def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 20) -> float:
 
 def photo_folder(folder: Path, count: int = 16) -> Path:
     """``count`` 500x375 JPEGs (ImageNet-sized) made from FashionScenes scenes."""
-    scenes = sorted(Path("data/fashion_scenes/JPEGImages").glob("*.jpg"))[:count]
+    from common.datasets.fashion_scenes import ensure_fashion_scenes
+
+    root = ensure_fashion_scenes(Path(__file__).resolve().parents[1] / "data" / "fashion_scenes")
+    scenes = sorted((root / "JPEGImages").glob("*.jpg"))[:count]
     folder.mkdir(parents=True)
     for i, scene in enumerate(scenes):
         with Image.open(scene) as img:

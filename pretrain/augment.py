@@ -29,6 +29,11 @@ class SeparableGaussianBlur(nn.Module):
         self.sigma = sigma
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.ndim != 3 or not image.is_floating_point():
+            raise ValueError(
+                f"SeparableGaussianBlur takes a float [C, H, W] image, got {image.dtype} "
+                f"{tuple(image.shape)}; convert with v2.ToDtype(torch.float32, scale=True)"
+            )
         sigma = torch.empty(1).uniform_(self.sigma[0], self.sigma[1]).item()
         k, pad = self.kernel_size, self.kernel_size // 2
         offsets = torch.arange(k, dtype=torch.float64) - (k - 1) / 2

@@ -190,6 +190,9 @@ class MetaArch(nn.Module):
         self.ibot_loss = IBOTPatchLoss(loss.student_temp)
         self.pixel_loss = PixelReconstructionLoss(loss.pixel.norm_pix)
         self.koleo_loss = KoLeoLoss()
+        # Unbound, so that it takes the teacher as an argument: a deep copy of the model
+        # then runs its own teacher. Set to the compiled version by compile_encoders().
+        self.teacher_forward = Encoder.teacher_forward
 
     def compile_encoders(self) -> None:
         """``torch.compile`` the student's forward and the teacher's, in place.
@@ -202,7 +205,7 @@ class MetaArch(nn.Module):
         size dynamic after the first change.
         """
         self.student.compile()
-        self.teacher.teacher_forward = torch.compile(self.teacher.teacher_forward)
+        self.teacher_forward = torch.compile(Encoder.teacher_forward)
 
     def train(self, mode: bool = True) -> MetaArch:
         super().train(mode)
@@ -232,7 +235,7 @@ class MetaArch(nn.Module):
         l_flat = local.flatten(0, 1) if local is not None and local.shape[0] > 0 else None
         n_views = n_global + (local.shape[0] if l_flat is not None else 0)
 
-        t_out = self.teacher.teacher_forward(g_flat, masks, self.use_ibot)
+        t_out = self.teacher_forward(self.teacher, g_flat, masks, self.use_ibot)
         s_out = student(g_flat, masks, l_flat, self.use_ibot)
         terms: dict[str, torch.Tensor] = {}
         stats: dict[str, float] = {}

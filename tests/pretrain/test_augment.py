@@ -19,9 +19,12 @@ def test_blur_equals_torchvision_with_the_same_draw(size, kernel, sigma):
     for seed in range(3):
         torch.manual_seed(seed)
         ours = SeparableGaussianBlur(kernel, sigma)(image)
+        ours_rng = torch.get_rng_state()
         torch.manual_seed(seed)
         theirs = v2.GaussianBlur(kernel, sigma=sigma)(image)
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+        # The same draws: a seeded pipeline stays the same after swapping the blur.
+        assert torch.equal(ours_rng, torch.get_rng_state())
 
 
 def test_blur_of_a_point_is_the_gaussian():
@@ -37,9 +40,11 @@ def test_blur_of_a_point_is_the_gaussian():
     assert float(out.sum()) == pytest.approx(1.0, rel=1e-6)
 
 
-def test_blur_rejects_an_even_kernel():
+def test_blur_rejects_an_even_kernel_and_non_float_images():
     with pytest.raises(ValueError, match="odd"):
         SeparableGaussianBlur(4, (0.1, 1.0))
+    with pytest.raises(ValueError, match="float"):
+        SeparableGaussianBlur(3, (0.1, 1.0))(torch.zeros(3, 8, 8, dtype=torch.uint8))
 
 
 def test_crops_have_the_recipe_shapes_and_normalisation():

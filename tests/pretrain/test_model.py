@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pretrain.heads import DINOHead
-from pretrain.model import MetaArch, head_agreement
+from pretrain.model import Encoder, MetaArch, head_agreement
 
 
 def _batch(cfg, b=4):
@@ -125,3 +125,12 @@ def test_the_knn_probe_leaves_the_teacher_batch_norm_training(tiny_config):
     extract_features(model.teacher.backbone, torch.rand(4, 3, 16, 16), 16)
     assert model.teacher.backbone.patch_embed.proj[1].training  # still its own statistics
     assert not model.teacher.backbone.training and not model.teacher.backbone.blocks.training
+
+
+def test_compile_encoders_is_in_place(tiny_config):
+    model = MetaArch(tiny_config("dino"))
+    keys = list(model.state_dict())
+    model.compile_encoders()  # compiles lazily: nothing runs until the first call
+    assert model.student._compiled_call_impl is not None
+    assert model.teacher_forward is not Encoder.teacher_forward
+    assert list(model.state_dict()) == keys  # checkpoints keep the eager names
