@@ -295,8 +295,10 @@ class MetaArch(nn.Module):
         t_params = list(self.teacher.parameters())
         torch._foreach_mul_(t_params, momentum)
         torch._foreach_add_(t_params, [p.detach() for p in s_params], alpha=1 - momentum)
+        if not is_dist():
+            return
         buffers = [b for b in self.teacher.buffers() if b.is_floating_point()]
-        if buffers and is_dist():
+        if buffers:
             flat = all_reduce_mean(torch.cat([b.flatten() for b in buffers]))
             chunks = flat.split([b.numel() for b in buffers])
             views = [c.view_as(b) for c, b in zip(chunks, buffers, strict=True)]
