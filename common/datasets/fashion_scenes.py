@@ -30,6 +30,7 @@ from common.datasets.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 from common.datasets.palette import write_mask
 from common.datasets.scene_render import (
     BACKGROUNDS,
+    LEGACY_PARAMS,
     BackgroundPattern,
     SceneParams,
     background_pattern,
@@ -265,10 +266,15 @@ def ensure_fashion_scenes(
         meta = json.loads(meta_path.read_text())
     found = {key: meta.get(key) for key in wanted}
     if isinstance(found["params"], dict):
-        # Sets written before a setting existed were rendered with its default value.
-        found["params"] = {**SceneParams().to_json(), **found["params"]}
+        # Sets written before a setting existed were rendered with its value of that time.
+        found["params"] = {**SceneParams().to_json(), **LEGACY_PARAMS, **found["params"]}
     if found != wanted:
         diff = {k: (found[k], wanted[k]) for k in wanted if found[k] != wanted[k]}
+        if isinstance(found["params"], dict) and "params" in diff:
+            del diff["params"]
+            for key, value in wanted["params"].items():
+                if found["params"].get(key) != value:
+                    diff[key] = (found["params"].get(key), value)
         raise ValueError(
             f"{root} holds a FashionScenes set made with different settings "
             f"(found vs wanted: {diff}); delete the folder to regenerate it, or pass the "
@@ -324,14 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=defaults.scale_min,
         help=f"smallest item side as a share of the scene side (default {defaults.scale_min}: "
-        "about 22 px at 64 px, still recognisable)",
+        "35 px at 64 px: a tiny ViT on 32 px crops then sees items >= 4 patches wide)",
     )
     parser.add_argument(
         "--scale-max",
         type=float,
         default=defaults.scale_max,
         help=f"largest item side as a share of the scene side (default {defaults.scale_max}: "
-        "leaves room for a second item)",
+        "items overlap, so occlusion is common)",
     )
     parser.add_argument(
         "--min-visible-frac",
@@ -345,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=defaults.background_max,
         help="brightest background colour value in [0, 1] (default "
-        f"{defaults.background_max}); lower values give muted backgrounds and salient items",
+        f"{defaults.background_max}: muted, so that self-supervision cannot match two crops by "
+        "their background; 0.6 gives the bright backgrounds of the first sets)",
     )
     parser.add_argument(
         "--background",

@@ -17,7 +17,10 @@ from common.datasets.palette import IGNORE_INDEX
 
 BACKGROUNDS = ("texture", "mosaic")
 MOSAIC_CELLS = (4, 8)  # cell sides in px, one drawn per scene
-DEFAULT_BACKGROUND_MAX = 0.6
+DEFAULT_BACKGROUND_MAX = 0.12
+# Values of settings added after the first sets were written: a meta.json without the
+# setting was rendered with this value.
+LEGACY_PARAMS = {"background_max": 0.6, "background": "texture"}
 
 
 @dataclass(frozen=True)
@@ -28,15 +31,18 @@ class SceneParams:
     # Probability of 0, 1, 2, 3 items: ~30 % single-item scenes for 1-way episodes and
     # single-object probes, a few empty scenes so "no class present" occurs.
     count_probs: tuple[float, ...] = (0.05, 0.28, 0.37, 0.30)
-    # Item side as a share of the scene side: 0.35 keeps items >= ~22 px at 64 px scenes.
-    scale_min: float = 0.35
-    scale_max: float = 0.75
+    # Item side as a share of the scene side. Big items (>= 35 px at 64 px scenes) give the
+    # tiny pretraining ViT, which sees 32 px crops, items of >= 4 patches per side: with
+    # 0.35-0.75 its features stayed at chance (benchmarks/RESULTS.md, session 12).
+    scale_min: float = 0.55
+    scale_max: float = 0.9
     # Item pixels darker than this (0..255) are not item (Fashion-MNIST has a black border).
     item_threshold: int = 24
     # A class needs this share of the scene's pixels to count as present (2 % = 82 px at 64).
     min_visible_frac: float = 0.02
     # Brightest background colour value (0..1) of texture backgrounds; items are tinted at
-    # value >= 0.75.
+    # value >= 0.75. Muted backgrounds remove the shortcut that bright ones offer
+    # self-supervision (two crops of a scene matched by their shared stripes or noise).
     background_max: float = DEFAULT_BACKGROUND_MAX
     # "texture": smooth colour noise or stripes, one pattern per scene. "mosaic": cells of
     # random colours (value 0.2-0.9), so that two crops of a scene share no pattern and the

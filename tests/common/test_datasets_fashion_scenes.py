@@ -104,22 +104,9 @@ def test_cli_writes_the_set(tmp_path: Path) -> None:
 
 def test_background_max_darkens_only_the_background(tmp_path: Path) -> None:
     kw = {"n_train": 20, "n_test": 0, "workers": 1, "progress": False}
-    bright = generate_fashion_scenes(tmp_path / "bright", **kw)
-    muted = main(
-        [
-            "--out",
-            str(tmp_path / "muted"),
-            "--train",
-            "20",
-            "--test",
-            "0",
-            "--workers",
-            "1",
-            "--background-max",
-            "0.2",
-        ]
-    )
-    assert muted == 0
+    muted = generate_fashion_scenes(tmp_path / "muted", **kw)
+    args = ["--out", str(tmp_path / "bright"), "--train", "20", "--test", "0", "--workers", "1"]
+    assert main([*args, "--background-max", "0.6"]) == 0
 
     def background_mean(root: Path) -> float:
         values = []
@@ -128,22 +115,24 @@ def test_background_max_darkens_only_the_background(tmp_path: Path) -> None:
             values.append(image[read_mask(path) == 0].mean())
         return float(np.mean(values))
 
-    # Colours drawn in [0.05, 0.2] instead of [0.05, 0.6]: mean ~32 instead of ~83 of 255.
-    assert background_mean(tmp_path / "muted") < 45 < 70 < background_mean(bright)
-    assert (
-        json.loads((tmp_path / "muted" / "meta.json").read_text())["params"]["background_max"]
-        == 0.2
+    # Colours drawn in [0.05, 0.12] by default instead of [0.05, 0.6]: mean ~22 vs ~83 of 255.
+    assert background_mean(muted) < 35 < 70 < background_mean(tmp_path / "bright")
+    bright_meta = json.loads((tmp_path / "bright" / "meta.json").read_text())
+    assert bright_meta["params"]["background_max"] == 0.6
+
+
+def test_sets_written_before_a_setting_existed_keep_its_old_value(tmp_path: Path) -> None:
+    old = {"background_max": 0.6, "background": "texture"}
+    root = ensure_fashion_scenes(
+        tmp_path / "old", n_train=4, n_test=2, workers=1, progress=False, **old
     )
-
-
-def test_sets_written_before_background_max_existed_still_match(tmp_path: Path) -> None:
-    root = ensure_fashion_scenes(tmp_path / "old", n_train=4, n_test=2, workers=1, progress=False)
     meta = json.loads((root / "meta.json").read_text())
-    del meta["params"]["background_max"]
+    del meta["params"]["background_max"], meta["params"]["background"]
     (root / "meta.json").write_text(json.dumps(meta))
-    assert ensure_fashion_scenes(root, n_train=4, n_test=2) == root
+    assert ensure_fashion_scenes(root, n_train=4, n_test=2, **old) == root
+    # The defaults changed since (muted backgrounds): the old set is not silently reused.
     with pytest.raises(ValueError, match="background_max"):
-        ensure_fashion_scenes(root, n_train=4, n_test=2, background_max=0.3)
+        ensure_fashion_scenes(root, n_train=4, n_test=2)
 
 
 def test_bad_settings_are_rejected(tmp_path: Path) -> None:
