@@ -66,8 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     timing = []
     for name, m in models.items():
         labeler = PseudoLabeler(m, cfg, torch.device("cpu"))
-        bs, empty = cfg.attention.batch_size, cfg.data.empty_labels
-        labeler.fit_prototypes(iter_batches(train_ds, proto_idx, bs, empty), train_ds.num_classes)
+        labeler.fit(
+            lambda: iter_batches(
+                train_ds, proto_idx, cfg.attention.batch_size, cfg.data.empty_labels
+            ),
+            train_ds.num_classes,
+        )
         idx = _subset(len(eval_ds), args.images, cfg.seed)
         t0 = time.perf_counter()
         cache = _eval_cache(labeler, eval_ds, idx, cfg)

@@ -9,8 +9,8 @@ so ``VOCSegmentation(root, split, mask_dir=...)`` reads them in place of ground 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,10 +25,12 @@ from distill.baselines import border_contrast_saliency
 from distill.class_assign import PrototypeBank, assign_classes, class_scores
 from distill.enhancer import Enhancer, enhancer_inputs, predict_foreground
 from distill.mask_rules import border_polarity, otsu_threshold, threshold_for
+from distill.polarity import HeadPolarity, apply_signs
 from distill.refine import VariationAwareRefine, dual_threshold
 
 log = logging.getLogger(__name__)
 EMPTY_LABEL_POLICIES = ("background", "error")
+HEAD_POLARITY_MODES = ("labels", "none")
 
 
 @dataclass
@@ -95,6 +97,7 @@ class PseudoLabeler:
         )
         self.centre: torch.Tensor | None = None
         self.prototypes: torch.Tensor | None = None
+        self.head_signs: torch.Tensor | None = None
 
     def attend(self, images: torch.Tensor) -> AttentionOutput:
         """Attention maps of a batch; ``attention.image_size`` resizes the backbone's input."""
@@ -103,7 +106,39 @@ class PseudoLabeler:
         if a.image_size:
             size = (a.image_size, a.image_size) if isinstance(a.image_size, int) else a.image_size
             images = F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False)
-        return extract_attention(self.model, images, a.source, a.layers)
+        att = extract_attention(self.model, images, a.source, a.layers)
+        if self.head_signs is None:
+            return att
+        heads = apply_signs(att.heads, self.head_signs)
+        return replace(att, heads=heads, saliency=heads.mean(dim=1))
+
+    def fit(self, make_batches: Callable[[], Iterator[Batch]], num_classes: int) -> None:
+        """Fit what the labels of the training images give: head polarity, then prototypes."""
+        mode = self.cfg.mask.head_polarity
+        if mode not in HEAD_POLARITY_MODES:
+            raise ValueError(
+                f"mask.head_polarity must be one of {HEAD_POLARITY_MODES}, got {mode!r}"
+            )
+        if mode == "labels":
+            self.fit_head_polarity(make_batches(), num_classes)
+        self.fit_prototypes(make_batches(), num_classes)
+
+    def fit_head_polarity(self, batches: Iterator[Batch], num_classes: int) -> torch.Tensor:
+        """Signs [K] that turn every head towards the objects (distill.polarity)."""
+        self.head_signs = None
+        acc = HeadPolarity(num_classes)
+        for batch in batches:
+            att = self.attend(batch.images)
+            acc.add(att.heads, att.tokens, batch.labels)
+        self.head_signs = acc.signs()
+        flipped = (self.head_signs < 0).nonzero().flatten().tolist()
+        log.info(
+            "head polarity from %d single-label images: heads %s flipped (of %d)",
+            acc.images,
+            flipped or "none",
+            len(self.head_signs),
+        )
+        return self.head_signs
 
     def fit_prototypes(self, batches: Iterator[Batch], num_classes: int) -> dict:
         """Class prototypes from foreground embeddings of labelled images (class_assign)."""

@@ -143,8 +143,10 @@ def _quality(
     if cfg.quality.random_backbone:
         torch.manual_seed(cfg.seed + 1)
         random_labeler = PseudoLabeler(build_backbone(info["timm_kwargs"]), cfg, labeler.device)
-        random_labeler.fit_prototypes(
-            iter_batches(train_ds, proto_idx, cfg.attention.batch_size, cfg.data.empty_labels),
+        random_labeler.fit(
+            lambda: iter_batches(
+                train_ds, proto_idx, cfg.attention.batch_size, cfg.data.empty_labels
+            ),
             train_ds.num_classes,
         )
         preds = [random_labeler.weak(b)[0] for b, _ in cache]
@@ -222,8 +224,9 @@ def run(cfg: Config, run: RunDir) -> dict:
     proto_idx = _subset(len(train_idx), cfg.assign.max_images, cfg.seed + 2)
     proto_idx = [train_idx[i] for i in proto_idx]
     bs, empty = cfg.attention.batch_size, cfg.data.empty_labels
-    labeler.fit_prototypes(
-        iter_batches(train_ds, proto_idx, bs, empty, "prototypes"), train_ds.num_classes
+    labeler.fit(
+        lambda: iter_batches(train_ds, proto_idx, bs, empty, "fit on labels"),
+        train_ds.num_classes,
     )
     # One seeded order of the GT pool: enhancers on 10, 50, 200 images use nested prefixes.
     perm = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(cfg.seed + 3))
