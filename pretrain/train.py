@@ -21,7 +21,7 @@ from common.checkpoint import (
     load_torch_file,
     save_checkpoint,
 )
-from common.config import to_dict
+from common.config import ConfigError, to_dict
 from common.optim import NonFiniteLossError
 from common.preemption import Preempted, stop_requested
 from common.rundir import MetricsLogger, RunDir
@@ -85,6 +85,13 @@ class Trainer:
             int(cfg.seed),
         )
         self.batch_size = int(t.batch_size)
+        if float(cfg.loss.koleo_weight) > 0 and self.batch_size < 2:
+            # KoLeo measures each cls token's distance to its nearest neighbour in the batch.
+            raise ConfigError(
+                f"loss.koleo_weight={cfg.loss.koleo_weight} needs train.batch_size >= 2 per "
+                f"process (got {self.batch_size}); raise train.batch_size or set "
+                "loss.koleo_weight=0"
+            )
         self.steps_per_epoch = steps_per_epoch(len(self.dataset), self.batch_size, self.world)
         self.schedules = build_schedules(
             t, cfg.loss, self.steps_per_epoch, self.batch_size * self.world

@@ -182,6 +182,13 @@ def test_output_dir_with_other_config_is_refused(tiny_config, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 1
 
 
+def test_koleo_with_one_image_per_process_is_refused_before_training(tiny_config, tmp_path):
+    cfg = tiny_config("dino", "train.batch_size=1", "loss.koleo_weight=0.1")
+    with pytest.raises(ConfigError, match=r"train.batch_size >= 2 per process \(got 1\)"):
+        run_stage("pretrain", run, cfg, tmp_path / "run")
+    assert not list((tmp_path / "run").rglob("*.pt"))  # stopped before any step
+
+
 def test_cli_help():
     out = subprocess.run(
         [sys.executable, "-m", "pretrain", "--help"], check=True, capture_output=True, text=True
