@@ -5,12 +5,12 @@ background, and which ones differs between two runs of one recipe (measured in
 benchmarks/RESULTS.md, session 12). Their mean then cancels. A border prior cannot sort
 them when objects touch the frame or a convolutional stem's padding marks the border.
 
-The labels can. On each single-label image, split every head's map at its median into a
-bright and a dark half and mean-pool the patch tokens of each half. The half that holds the
-object carries its class: across images, its pooled tokens separate the classes better. The
-separation is the Fisher ratio ``trace(between-class scatter) / trace(total scatter)`` of
-the L2-normalised pooled tokens; a head whose dark half separates better is flipped, once,
-for every image.
+The labels can. On each single-label image, split every head's map by rank into a bright
+and a dark half (equal sizes, whatever the ties) and mean-pool the patch tokens of each
+half. The half that holds the object carries its class: across images, its pooled tokens
+separate the classes better. The separation is the Fisher ratio
+``trace(between-class scatter) / trace(total scatter)`` of the L2-normalised pooled tokens;
+a head whose dark half separates better is flipped, once, for every image.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class ClassSeparation:
         self.sq_norms = torch.zeros(groups, dtype=torch.float64)
 
     def add(self, vectors: torch.Tensor, labels: torch.Tensor) -> None:
-        """``vectors`` [N, groups, dim] with one class id each in ``labels`` [N]."""
+        """``vectors`` [N, groups, dim] with one class id each in ``labels`` [N] (CPU tensors)."""
         v = vectors.double()
         self.class_sums.index_add_(1, labels, v.transpose(0, 1))
         self.class_counts.index_add_(1, labels, torch.ones_like(v[:, :, 0]).transpose(0, 1))
@@ -57,7 +57,9 @@ class HeadPolarity:
         self.dark: ClassSeparation | None = None
         self.images = 0
 
-    def add(self, heads: torch.Tensor, tokens: torch.Tensor, labels: Sequence[Sequence[int]]):
+    def add(
+        self, heads: torch.Tensor, tokens: torch.Tensor, labels: Sequence[Sequence[int]]
+    ) -> None:
         """A batch: head maps [B, K, h, w], patch tokens [B, h, w, C], labels per image.
 
         Only single-label images count: their object is known to be of that one class.
@@ -67,16 +69,16 @@ class HeadPolarity:
             return
         maps = heads[keep].flatten(2).float()  # [N, K, P]
         toks = tokens[keep].flatten(1, 2).float()  # [N, P, C]
-        cls = torch.tensor([int(next(iter(labels[i]))) for i in keep], device=maps.device)
+        cls = torch.tensor([int(next(iter(labels[i]))) for i in keep])
         if self.bright is None:
             self.bright = ClassSeparation(self.num_classes, toks.shape[-1], maps.shape[1])
             self.dark = ClassSeparation(self.num_classes, toks.shape[-1], maps.shape[1])
-        high = (maps >= maps.median(dim=-1, keepdim=True).values).float()
+        # By rank, not by value: both halves hold P/2 patches even on flat or tied maps.
+        top = maps.argsort(dim=-1, descending=True, stable=True)[..., : maps.shape[-1] // 2]
+        high = torch.zeros_like(maps).scatter_(-1, top, 1.0)
         for half, acc in ((high, self.bright), (1.0 - high, self.dark)):
-            pooled = torch.einsum("nkp,npc->nkc", half, toks) / half.sum(-1, keepdim=True).clamp(
-                min=1
-            )
-            acc.add(F.normalize(pooled, dim=-1).cpu(), cls.cpu())
+            pooled = torch.einsum("nkp,npc->nkc", half, toks) / half.sum(-1, keepdim=True)
+            acc.add(F.normalize(pooled, dim=-1).cpu(), cls)
         self.images += len(keep)
 
     def signs(self) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common.config import Config
+from common.config import Config, ConfigError
 from common.datasets.palette import write_mask
 from common.metrics import IGNORE_INDEX
 from distill.attention_maps import AttentionOutput, extract_attention, upsample
@@ -116,9 +116,10 @@ class PseudoLabeler:
         """Fit what the labels of the training images give: head polarity, then prototypes."""
         mode = self.cfg.mask.head_polarity
         if mode not in HEAD_POLARITY_MODES:
-            raise ValueError(
+            raise ConfigError(
                 f"mask.head_polarity must be one of {HEAD_POLARITY_MODES}, got {mode!r}"
             )
+        self.head_signs = None
         if mode == "labels":
             self.fit_head_polarity(make_batches(), num_classes)
         self.fit_prototypes(make_batches(), num_classes)

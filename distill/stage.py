@@ -250,6 +250,8 @@ def run(cfg: Config, run: RunDir) -> dict:
         summary["gt_images"] = sorted(gt_ids)
     if cfg.quality.enabled:
         summary["quality"] = _quality(cfg, run, labeler, info, train_ds, eval_ds, proto_idx, pool)
+    if labeler.head_signs is not None:
+        summary["head_signs"] = labeler.head_signs.tolist()
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     metrics.log(0, **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
     (run.root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -8,6 +8,7 @@ DataLoader workers, by skipping the batches the checkpoint says were consumed.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,7 @@ def load_unlabeled(data_cfg) -> Dataset:
 
         log.info("no dataset at %s: generating FashionScenes there (one-off, about a minute)", root)
         ensure_fashion_scenes(root)
+    _warn_if_not_the_default_scenes(root)
     if _is_voc_layout(root):
         from common.datasets.voc import VOCSegmentation
 
@@ -55,6 +57,29 @@ def load_unlabeled(data_cfg) -> Dataset:
     from common.datasets.folder import ImageFolderUnlabeled
 
     return ImageFolderUnlabeled(root, on_error=data_cfg.on_error)
+
+
+def _warn_if_not_the_default_scenes(root: Path) -> None:
+    """A FashionScenes set made with other settings than today's defaults is used as it is,
+    with a warning: deliberate for custom sets, but a stale default set (made before the
+    defaults changed) would otherwise train the preset on scenes it was not designed for."""
+    meta_path = root / "meta.json"
+    if not meta_path.is_file():
+        return
+    meta = json.loads(meta_path.read_text())
+    if not str(meta.get("generator", "")).startswith("fashion-scenes"):
+        return
+    from common.datasets.fashion_scenes import settings_diff
+
+    # Smaller or reseeded sets are fine; only the rendering settings make other scenes.
+    diff = {k: v for k, v in settings_diff(meta).items() if k not in ("counts", "seed")}
+    if diff:
+        log.warning(
+            "%s holds FashionScenes made with other settings than the defaults (found vs "
+            "default: %s); delete it to get the default set, unless these are deliberate",
+            root,
+            diff,
+        )
 
 
 def _image_of(item) -> torch.Tensor:

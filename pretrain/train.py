@@ -63,6 +63,13 @@ class Trainer:
     """Holds one run's model, optimiser and state; :meth:`fit` trains until done or stopped."""
 
     def __init__(self, cfg, run: RunDir) -> None:
+        if float(cfg.loss.koleo_weight) > 0 and int(cfg.train.batch_size) < 2:
+            # KoLeo measures each cls token's distance to its nearest neighbour in the batch.
+            raise ConfigError(
+                f"loss.koleo_weight={cfg.loss.koleo_weight} needs train.batch_size >= 2 per "
+                f"process (got {cfg.train.batch_size}); raise train.batch_size or set "
+                "loss.koleo_weight=0"
+            )
         self.cfg = cfg
         self.run = run
         self.device = resolve_device(cfg.device)
@@ -85,13 +92,6 @@ class Trainer:
             int(cfg.seed),
         )
         self.batch_size = int(t.batch_size)
-        if float(cfg.loss.koleo_weight) > 0 and self.batch_size < 2:
-            # KoLeo measures each cls token's distance to its nearest neighbour in the batch.
-            raise ConfigError(
-                f"loss.koleo_weight={cfg.loss.koleo_weight} needs train.batch_size >= 2 per "
-                f"process (got {self.batch_size}); raise train.batch_size or set "
-                "loss.koleo_weight=0"
-            )
         self.steps_per_epoch = steps_per_epoch(len(self.dataset), self.batch_size, self.world)
         self.schedules = build_schedules(
             t, cfg.loss, self.steps_per_epoch, self.batch_size * self.world

@@ -219,6 +219,29 @@ def _expected_signature(seed: int, params: SceneParams, counts: dict[str, int]) 
     }
 
 
+def settings_diff(meta: dict, wanted: dict | None = None) -> dict:
+    """``{setting: (found, wanted)}`` for each setting where a set's ``meta.json`` differs
+    from ``wanted`` (default: the default set's signature); empty when they match."""
+    wanted = wanted or _expected_signature(0, SceneParams(), {"train": 8000, "test": 2000})
+    found = {key: meta.get(key) for key in wanted}
+    diff = {k: (found[k], wanted[k]) for k in wanted if k != "params" and found[k] != wanted[k]}
+    if not isinstance(found["params"], dict):
+        if found["params"] != wanted["params"]:
+            diff["params"] = (found["params"], wanted["params"])
+        return diff
+    # Sets written before a setting existed were rendered with its value of that time.
+    params = {**SceneParams().to_json(), **LEGACY_PARAMS, **found["params"]}
+    want = dict(wanted["params"])
+    if params.get("background") == want.get("background") == "mosaic":
+        # Mosaic cells ignore background_max, whose default has changed since.
+        params.pop("background_max", None)
+        want.pop("background_max", None)
+    for key in sorted(set(params) | set(want)):
+        if params.get(key) != want.get(key):
+            diff[key] = (params.get(key), want.get(key))
+    return diff
+
+
 @contextmanager
 def _lock(root: Path) -> Iterator[None]:
     """Serialise generation across processes (pytest-xdist, several ranks on one node)."""
@@ -264,17 +287,8 @@ def ensure_fashion_scenes(
             )
             return root
         meta = json.loads(meta_path.read_text())
-    found = {key: meta.get(key) for key in wanted}
-    if isinstance(found["params"], dict):
-        # Sets written before a setting existed were rendered with its value of that time.
-        found["params"] = {**SceneParams().to_json(), **LEGACY_PARAMS, **found["params"]}
-    if found != wanted:
-        diff = {k: (found[k], wanted[k]) for k in wanted if found[k] != wanted[k]}
-        if isinstance(found["params"], dict) and "params" in diff:
-            del diff["params"]
-            for key, value in wanted["params"].items():
-                if found["params"].get(key) != value:
-                    diff[key] = (found["params"].get(key), value)
+    diff = settings_diff(meta, wanted)
+    if diff:
         raise ValueError(
             f"{root} holds a FashionScenes set made with different settings "
             f"(found vs wanted: {diff}); delete the folder to regenerate it, or pass the "
@@ -330,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=defaults.scale_min,
         help=f"smallest item side as a share of the scene side (default {defaults.scale_min}: "
-        "35 px at 64 px: a tiny ViT on 32 px crops then sees items >= 4 patches wide)",
+        "35 px at 64 px: big enough for the tiny ViT's 32 px pretraining crops)",
     )
     parser.add_argument(
         "--scale-max",

@@ -31,9 +31,9 @@ class SceneParams:
     # Probability of 0, 1, 2, 3 items: ~30 % single-item scenes for 1-way episodes and
     # single-object probes, a few empty scenes so "no class present" occurs.
     count_probs: tuple[float, ...] = (0.05, 0.28, 0.37, 0.30)
-    # Item side as a share of the scene side. Big items (>= 35 px at 64 px scenes) give the
-    # tiny pretraining ViT, which sees 32 px crops, items of >= 4 patches per side: with
-    # 0.35-0.75 its features stayed at chance (benchmarks/RESULTS.md, session 12).
+    # Item side as a share of the scene side: >= 35 px at 64 px scenes, >= 2 patches of the
+    # tiny pretraining ViT in its 32 px crops. With 0.35-0.75 (and bright backgrounds) its
+    # features stayed at chance (benchmarks/RESULTS.md, sessions 10 and 12).
     scale_min: float = 0.55
     scale_max: float = 0.9
     # Item pixels darker than this (0..255) are not item (Fashion-MNIST has a black border).

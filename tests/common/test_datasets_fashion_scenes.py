@@ -215,3 +215,22 @@ def test_mosaic_settings_are_validated_and_recorded(tmp_path: Path) -> None:
     assert json.loads((root / "meta.json").read_text())["params"]["background"] == "mosaic"
     with pytest.raises(ValueError, match="background"):
         ensure_fashion_scenes(root, n_train=4, n_test=2)  # a texture set was asked for
+
+
+def test_mosaic_sets_match_whatever_background_max_they_recorded(tmp_path: Path) -> None:
+    root = ensure_fashion_scenes(
+        tmp_path / "m", n_train=4, n_test=2, workers=1, progress=False, background="mosaic"
+    )
+    meta = json.loads((root / "meta.json").read_text())
+    meta["params"]["background_max"] = 0.6  # what sets made before the default changed hold
+    (root / "meta.json").write_text(json.dumps(meta))
+    assert ensure_fashion_scenes(root, n_train=4, n_test=2, background="mosaic") == root
+
+
+def test_a_recorded_setting_unknown_today_is_named(tmp_path: Path) -> None:
+    root = ensure_fashion_scenes(tmp_path / "u", n_train=4, n_test=2, workers=1, progress=False)
+    meta = json.loads((root / "meta.json").read_text())
+    meta["params"]["blur"] = 1.0
+    (root / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"'blur': \(1.0, None\)"):
+        ensure_fashion_scenes(root, n_train=4, n_test=2)

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from common.backbone import load_backbone
-from common.config import load_config
+from common.config import ConfigError, load_config
 from common.datasets.voc import VOCSegmentation
 from distill.attention_maps import extract_attention
 from distill.polarity import ClassSeparation, HeadPolarity, apply_signs
@@ -108,5 +108,30 @@ def test_an_unknown_polarity_mode_is_named(tiny_export, fashion_scenes_root) -> 
 
     ds = VOCSegmentation(fashion_scenes_root, "train")
     labeler = _labeler(tiny_export, fashion_scenes_root, "border")
-    with pytest.raises(ValueError, match=r"mask.head_polarity must be one of \('labels', 'none'\)"):
+    with pytest.raises(
+        ConfigError, match=r"mask.head_polarity must be one of \('labels', 'none'\)"
+    ):
         labeler.fit(lambda: iter_batches(ds, range(8), 8), ds.num_classes)
+
+
+def test_flat_maps_split_into_equal_halves() -> None:
+    heads, tokens, labels = _scenes(n=12)
+    acc = HeadPolarity(num_classes=4)
+    acc.add(torch.ones_like(heads), tokens, labels)
+    # Every image counts in both halves: 12 pooled vectors each, none of them empty.
+    assert acc.bright.class_counts.sum(1).tolist() == [12.0] * 3
+    assert acc.dark.class_counts.sum(1).tolist() == [12.0] * 3
+    assert (acc.dark.sq_norms > 11.99).all()  # every pooled vector is a unit vector
+
+
+def test_refitting_without_polarity_clears_the_signs(tiny_export, fashion_scenes_root) -> None:
+    ds = VOCSegmentation(fashion_scenes_root, "train")
+    labeler = _labeler(tiny_export, fashion_scenes_root, "labels")
+    labeler.fit(lambda: iter_batches(ds, range(40), 16), ds.num_classes)
+    assert labeler.head_signs is not None
+    labeler.cfg.mask.head_polarity = "none"
+    labeler.fit(lambda: iter_batches(ds, range(40), 16), ds.num_classes)
+    assert labeler.head_signs is None
+    batch = next(iter_batches(ds, range(4), 4))
+    raw = extract_attention(labeler.model, batch.images, "cosine", [-1])
+    assert torch.equal(labeler.attend(batch.images).heads, raw.heads)
