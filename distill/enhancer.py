@@ -117,13 +117,17 @@ def train_enhancer(
     cfg: EnhancerTrainConfig,
     ckpt_path: str | Path | None = None,
     seed: int = 0,
+    context: dict | None = None,
 ) -> tuple[Enhancer, dict]:
     """Train on GT images; early stopping on held-out foreground IoU; resumable from ``ckpt_path``.
 
     ``inputs`` [N, 4 + K, r, r] from :func:`enhancer_inputs`; ``targets`` [N, H, W] with 1
     foreground, 0 background, 255 ignore. Returns the best model (by validation IoU) and
-    a summary. Polls :func:`common.preemption.stop_requested` between steps.
+    a summary. Polls :func:`common.preemption.stop_requested` between steps. ``context``
+    (e.g. the head signs that shaped the inputs) is saved with the checkpoint; resuming
+    with another context is refused, since the inputs would no longer mean the same.
     """
+    context = context or {}
     n = inputs.shape[0]
     if n == 0:
         raise ValueError(
@@ -153,6 +157,12 @@ def train_enhancer(
                 f"input channels on {ckpt.get('num_images')} images, not {inputs.shape[1]} on "
                 f"{n}; delete it or use another --output-dir"
             )
+        if ckpt.get("context", {}) != context:
+            raise CheckpointError(
+                f"enhancer checkpoint {ckpt_path} was trained with {ckpt.get('context', {})}, "
+                f"this run has {context} (the backbone or its head polarity changed); delete "
+                "it or use another --output-dir"
+            )
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
@@ -171,6 +181,7 @@ def train_enhancer(
                     "gen": gen.get_state(),
                     "in_channels": inputs.shape[1],
                     "num_images": n,
+                    "context": context,
                 },
                 ckpt_path,
             )

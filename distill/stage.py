@@ -89,8 +89,14 @@ class EnhancerPool:
             targets.append(fg)
         ckpt = self.run.checkpoints / (ckpt_name or f"enhancer_gt{n}.pt")
         t0 = time.perf_counter()
+        signs = self.labeler.head_signs
         model, summary = train_enhancer(
-            torch.cat(inputs), torch.cat(targets), _enhancer_cfg(self.cfg), ckpt, self.cfg.seed
+            torch.cat(inputs),
+            torch.cat(targets),
+            _enhancer_cfg(self.cfg),
+            ckpt,
+            self.cfg.seed,
+            context={"head_signs": None if signs is None else signs.tolist()},
         )
         summary["seconds"] = round(time.perf_counter() - t0, 2)
         log.info("enhancer on %d GT images: %s", n, summary)

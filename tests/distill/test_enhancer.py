@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from common.checkpoint import CheckpointError
 from common.preemption import Preempted, clear_stop, request_stop
 from distill.enhancer import Enhancer, EnhancerTrainConfig, _loss, train_enhancer
 
@@ -63,3 +64,15 @@ def test_resume_after_preemption_gives_the_uninterrupted_result(tmp_path):
 def test_zero_gt_images_is_a_clear_error():
     with pytest.raises(ValueError, match="0 images with masks"):
         train_enhancer(torch.zeros(0, 6, 8, 8), torch.zeros(0, 8, 8), EnhancerTrainConfig())
+
+
+def test_resume_with_other_head_signs_is_refused(tmp_path):
+    x, y = _data()
+    cfg = EnhancerTrainConfig(max_steps=4, batch_size=4, eval_every=2, channels=8)
+    ckpt = tmp_path / "e.pt"
+    train_enhancer(x, y, cfg, ckpt, seed=0, context={"head_signs": [1.0, -1.0]})
+    longer = EnhancerTrainConfig(**{**cfg.__dict__, "max_steps": 6})
+    with pytest.raises(CheckpointError, match="head polarity changed"):
+        train_enhancer(x, y, longer, ckpt, seed=0, context={"head_signs": [1.0, 1.0]})
+    _, summary = train_enhancer(x, y, longer, ckpt, seed=0, context={"head_signs": [1.0, -1.0]})
+    assert summary["steps"] == 6
