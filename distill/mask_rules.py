@@ -74,6 +74,14 @@ def apply_threshold(maps: torch.Tensor, thresholds: torch.Tensor) -> torch.Tenso
     return maps >= thresholds.reshape(shape)
 
 
+def mirror(maps: torch.Tensor) -> torch.Tensor:
+    """Each map (the last two dims) mirrored within its own range: ``min + max - x``."""
+    flat = maps.flatten(-2)
+    lo = flat.amin(-1)[..., None, None]
+    hi = flat.amax(-1)[..., None, None]
+    return lo + hi - maps
+
+
 def border_polarity(maps: torch.Tensor, thresholds: torch.Tensor, border: int = 2) -> torch.Tensor:
     """Flip maps [B, H, W] whose foreground covers most of the image border (per image).
 
@@ -85,6 +93,4 @@ def border_polarity(maps: torch.Tensor, thresholds: torch.Tensor, border: int = 
     strip[border:-border, border:-border] = False
     share = (maps[:, strip] >= thresholds[:, None]).float().mean(dim=1)
     flip = (share > 0.5)[:, None, None]
-    lo = maps.flatten(1).amin(1)[:, None, None]
-    hi = maps.flatten(1).amax(1)[:, None, None]
-    return torch.where(flip, lo + hi - maps, maps)
+    return torch.where(flip, mirror(maps), maps)

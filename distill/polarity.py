@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from distill.mask_rules import mirror
+
 
 class ClassSeparation:
     """Streaming Fisher ratio of labelled vectors: between-class over total scatter."""
@@ -93,8 +95,5 @@ class HeadPolarity:
 
 def apply_signs(heads: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
     """Mirror the heads [B, K, h, w] with sign -1 within each map's own range (min + max - x)."""
-    flat = heads.flatten(2)
-    lo = flat.amin(-1)[..., None, None]
-    hi = flat.amax(-1)[..., None, None]
     flip = (signs.to(heads.device) < 0)[None, :, None, None]
-    return torch.where(flip, lo + hi - heads, heads)
+    return torch.where(flip, mirror(heads), heads)

@@ -119,12 +119,13 @@ class PseudoLabeler:
             raise ConfigError(
                 f"mask.head_polarity must be one of {HEAD_POLARITY_MODES}, got {mode!r}"
             )
-        self.head_signs = None
         if mode == "labels":
             self.fit_head_polarity(make_batches(), num_classes)
+        else:
+            self.head_signs = None
         self.fit_prototypes(make_batches(), num_classes)
 
-    def fit_head_polarity(self, batches: Iterator[Batch], num_classes: int) -> torch.Tensor:
+    def fit_head_polarity(self, batches: Iterator[Batch], num_classes: int) -> None:
         """Signs [K] that turn every head towards the objects (distill.polarity)."""
         self.head_signs = None
         acc = HeadPolarity(num_classes)
@@ -139,7 +140,6 @@ class PseudoLabeler:
             flipped or "none",
             len(self.head_signs),
         )
-        return self.head_signs
 
     def fit_prototypes(self, batches: Iterator[Batch], num_classes: int) -> dict:
         """Class prototypes from foreground embeddings of labelled images (class_assign)."""

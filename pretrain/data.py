@@ -69,10 +69,10 @@ def _warn_if_not_the_default_scenes(root: Path) -> None:
     meta = json.loads(meta_path.read_text())
     if not str(meta.get("generator", "")).startswith("fashion-scenes"):
         return
-    from common.datasets.fashion_scenes import settings_diff
+    from common.datasets.fashion_scenes import params_diff
 
     # Smaller or reseeded sets are fine; only the rendering settings make other scenes.
-    diff = {k: v for k, v in settings_diff(meta).items() if k not in ("counts", "seed")}
+    diff = params_diff(meta.get("params") or {})
     if diff:
         log.warning(
             "%s holds FashionScenes made with other settings than the defaults (found vs "

@@ -219,26 +219,28 @@ def _expected_signature(seed: int, params: SceneParams, counts: dict[str, int]) 
     }
 
 
-def settings_diff(meta: dict, wanted: dict | None = None) -> dict:
-    """``{setting: (found, wanted)}`` for each setting where a set's ``meta.json`` differs
-    from ``wanted`` (default: the default set's signature); empty when they match."""
-    wanted = wanted or _expected_signature(0, SceneParams(), {"train": 8000, "test": 2000})
+def params_diff(found: dict, wanted: dict | None = None) -> dict:
+    """``{setting: (found, wanted)}`` where a set's recorded rendering settings (``meta.json``'s
+    ``params``) differ from ``wanted`` (default: today's defaults); empty when they match."""
+    # Sets written before a setting existed were rendered with its value of that time.
+    found = {**SceneParams().to_json(), **LEGACY_PARAMS, **found}
+    wanted = dict(wanted if wanted is not None else SceneParams().to_json())
+    if found.get("background") == wanted.get("background") == "mosaic":
+        # Mosaic cells ignore background_max, whose default has changed since.
+        found.pop("background_max", None)
+        wanted.pop("background_max", None)
+    keys = sorted(set(found) | set(wanted))
+    return {k: (found.get(k), wanted.get(k)) for k in keys if found.get(k) != wanted.get(k)}
+
+
+def _signature_diff(meta: dict, wanted: dict) -> dict:
+    """Like :func:`params_diff`, over the whole signature (generator, seed, counts too)."""
     found = {key: meta.get(key) for key in wanted}
     diff = {k: (found[k], wanted[k]) for k in wanted if k != "params" and found[k] != wanted[k]}
-    if not isinstance(found["params"], dict):
-        if found["params"] != wanted["params"]:
-            diff["params"] = (found["params"], wanted["params"])
-        return diff
-    # Sets written before a setting existed were rendered with its value of that time.
-    params = {**SceneParams().to_json(), **LEGACY_PARAMS, **found["params"]}
-    want = dict(wanted["params"])
-    if params.get("background") == want.get("background") == "mosaic":
-        # Mosaic cells ignore background_max, whose default has changed since.
-        params.pop("background_max", None)
-        want.pop("background_max", None)
-    for key in sorted(set(params) | set(want)):
-        if params.get(key) != want.get(key):
-            diff[key] = (params.get(key), want.get(key))
+    if isinstance(found["params"], dict):
+        return {**diff, **params_diff(found["params"], wanted["params"])}
+    if found["params"] != wanted["params"]:
+        diff["params"] = (found["params"], wanted["params"])
     return diff
 
 
@@ -287,7 +289,7 @@ def ensure_fashion_scenes(
             )
             return root
         meta = json.loads(meta_path.read_text())
-    diff = settings_diff(meta, wanted)
+    diff = _signature_diff(meta, wanted)
     if diff:
         raise ValueError(
             f"{root} holds a FashionScenes set made with different settings "
