@@ -160,8 +160,8 @@ def train_enhancer(
         if ckpt.get("context", {}) != context:
             raise CheckpointError(
                 f"enhancer checkpoint {ckpt_path} was trained with {ckpt.get('context', {})}, "
-                f"this run has {context} (the backbone or its head polarity changed); delete "
-                "it or use another --output-dir"
+                f"this run has {context} (the backbone, its head polarity or mask.token_probe "
+                "changed); delete it or use another --output-dir"
             )
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])

@@ -27,6 +27,7 @@ from distill.enhancer import Enhancer, enhancer_inputs, predict_foreground
 from distill.mask_rules import border_polarity, otsu_threshold, threshold_for
 from distill.polarity import HeadPolarity, apply_signs
 from distill.refine import VariationAwareRefine, dual_threshold
+from distill.token_probe import ForegroundProbe
 
 log = logging.getLogger(__name__)
 EMPTY_LABEL_POLICIES = ("background", "error")
@@ -98,6 +99,7 @@ class PseudoLabeler:
         self.centre: torch.Tensor | None = None
         self.prototypes: torch.Tensor | None = None
         self.head_signs: torch.Tensor | None = None
+        self.fg_probe: ForegroundProbe | None = None
 
     def attend(self, images: torch.Tensor) -> AttentionOutput:
         """Attention maps of a batch; ``attention.image_size`` resizes the backbone's input."""
@@ -107,13 +109,15 @@ class PseudoLabeler:
             size = (a.image_size, a.image_size) if isinstance(a.image_size, int) else a.image_size
             images = F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False)
         att = extract_attention(self.model, images, a.source, a.layers)
-        if self.head_signs is None:
-            return att
-        heads = apply_signs(att.heads, self.head_signs)
-        return replace(att, heads=heads, saliency=heads.mean(dim=1))
+        if self.head_signs is not None:
+            heads = apply_signs(att.heads, self.head_signs)
+            att = replace(att, heads=heads, saliency=heads.mean(dim=1))
+        if self.fg_probe is not None:
+            att = replace(att, saliency=self.fg_probe(att.tokens))
+        return att
 
     def fit(self, make_batches: Callable[[], Iterator[Batch]], num_classes: int) -> None:
-        """Fit what the labels of the training images give: head polarity, then prototypes."""
+        """Fit on the training images: head polarity, the foreground probe, prototypes."""
         mode = self.cfg.mask.head_polarity
         if mode not in HEAD_POLARITY_MODES:
             raise ConfigError(
@@ -123,7 +127,30 @@ class PseudoLabeler:
             self.fit_head_polarity(make_batches(), num_classes)
         else:
             self.head_signs = None
+        self.fg_probe = None
+        share = self.cfg.mask.probe_seed_share
+        if not 0.0 < share <= 0.5:
+            raise ConfigError(f"mask.probe_seed_share must be in (0, 0.5], got {share}")
+        if self.cfg.mask.token_probe:
+            self.fit_fg_probe(make_batches())
         self.fit_prototypes(make_batches(), num_classes)
+
+    def fit_fg_probe(self, batches: Iterator[Batch]) -> dict:
+        """A linear foreground probe on patch tokens, seeded by the head mean (token_probe)."""
+        self.fg_probe = None
+        probe = ForegroundProbe(self.cfg.mask.probe_seed_share)
+        for batch in batches:
+            att = self.attend(batch.images)
+            keep = [i for i, labs in enumerate(batch.labels) if labs]
+            if keep:
+                probe.add(att.tokens[keep], att.saliency[keep])
+            empty = [i for i, labs in enumerate(batch.labels) if not labs]
+            if empty and self.cfg.data.empty_labels == "background":
+                probe.add_background(att.tokens[empty])
+        stats = probe.fit()
+        self.fg_probe = probe
+        log.info("foreground probe on patch tokens: %s", stats)
+        return stats
 
     def fit_head_polarity(self, batches: Iterator[Batch], num_classes: int) -> None:
         """Signs [K] that turn every head towards the objects (distill.polarity)."""

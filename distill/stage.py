@@ -96,7 +96,10 @@ class EnhancerPool:
             _enhancer_cfg(self.cfg),
             ckpt,
             self.cfg.seed,
-            context={"head_signs": None if signs is None else signs.tolist()},
+            context={
+                "head_signs": None if signs is None else signs.tolist(),
+                "token_probe": self.cfg.mask.token_probe,
+            },
         )
         summary["seconds"] = round(time.perf_counter() - t0, 2)
         log.info("enhancer on %d GT images: %s", n, summary)

@@ -72,7 +72,7 @@ def test_apply_signs_mirrors_within_each_maps_range() -> None:
     assert torch.allclose(out[0, 1], torch.tensor([[0.7, 0.5], [0.4, 0.1]]))
 
 
-def _labeler(tiny_export, fashion_scenes_root, mode: str):
+def _labeler(tiny_export, fashion_scenes_root, mode: str, *extra: str):
 
     cfg = load_config(
         "distill",
@@ -81,6 +81,7 @@ def _labeler(tiny_export, fashion_scenes_root, mode: str):
             f"backbone={tiny_export}",
             f"data.root={fashion_scenes_root}",
             f"mask.head_polarity={mode}",
+            *extra,
         ],
     )
     model, _ = load_backbone(tiny_export)
@@ -92,7 +93,7 @@ def test_the_labeler_fits_signs_and_applies_them_to_every_batch(
 ) -> None:
 
     ds = VOCSegmentation(fashion_scenes_root, "train")
-    labeler = _labeler(tiny_export, fashion_scenes_root, "labels")
+    labeler = _labeler(tiny_export, fashion_scenes_root, "labels", "mask.token_probe=false")
     labeler.fit(lambda: iter_batches(ds, range(40), 16), ds.num_classes)
     signs = labeler.head_signs
     assert signs is not None and signs.shape == (4,) and set(signs.tolist()) <= {1.0, -1.0}

@@ -1,0 +1,96 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+
+from common.backbone import load_backbone
+from common.config import ConfigError, load_config
+from common.datasets.voc import VOCSegmentation
+from distill.pseudo_labels import PseudoLabeler, iter_batches
+from distill.token_probe import ForegroundProbe, seed_labels
+
+
+def test_seeds_are_the_top_and_bottom_share_of_each_image() -> None:
+    maps = torch.arange(20.0).reshape(2, 2, 5)
+    maps[1] = maps[1].flip(-1)
+    seeds = seed_labels(maps, 0.3)  # 3 of 10 patches each way
+    for i in range(2):
+        flat, s = maps[i].flatten(), seeds[i].flatten()
+        assert (s == 1).sum() == 3 and (s == 0).sum() == 3 and (s == -1).sum() == 4
+        assert flat[s == 1].min() > flat[s == -1].max() > flat[s == -1].min() > flat[s == 0].max()
+    flat = seed_labels(torch.ones(1, 4, 4), 0.25)  # ties: still 4 seeds each way, by rank
+    assert (flat == 1).sum() == 4 and (flat == 0).sum() == 4
+    with pytest.raises(ValueError, match="probe_seed_share"):
+        seed_labels(maps, 0.6)
+
+
+def _scenes(n: int = 64, grid: int = 8, dim: int = 16, seed: int = 0):
+    """Tokens whose foreground carries one direction, and blurred, shifted seed maps."""
+    g = torch.Generator().manual_seed(seed)
+    fg = torch.zeros(n, grid, grid, dtype=torch.bool)
+    for i in range(n):
+        r, c = torch.randint(0, grid - 4, (2,), generator=g).tolist()
+        fg[i, r : r + 4, c : c + 4] = True
+    direction = F.normalize(torch.randn(dim, generator=g), dim=0)
+    tokens = torch.randn(n, grid, grid, dim, generator=g) + 2.5 * fg[..., None] * direction
+    # The seed map is a coarse, shifted blob: right on most foreground, wrong near its edges.
+    blob = F.avg_pool2d(fg.float()[:, None], 5, stride=1, padding=2)[:, 0]
+    maps = blob.roll(1, dims=-1) + 0.3 * torch.rand(n, grid, grid, generator=g)
+    return tokens, maps, fg
+
+
+def test_the_probe_is_sharper_than_the_maps_that_seed_it() -> None:
+    tokens, maps, fg = _scenes()
+    probe = ForegroundProbe(seed_share=0.3)
+    probe.add(tokens[:48], maps[:48])
+    stats = probe.fit()
+    assert stats["seeds"] == 48 * 2 * 19  # round(0.3 * 64) patches each way per image
+    held = slice(48, None)
+    auc_maps = roc_auc_score(fg[held].flatten(), maps[held].flatten())
+    prob = probe(tokens[held])
+    auc_probe = roc_auc_score(fg[held].flatten(), prob.flatten())
+    assert prob.shape == fg[held].shape and prob.min() >= 0 and prob.max() <= 1
+    assert auc_maps < 0.9 and auc_probe > max(0.92, auc_maps + 0.05)
+
+
+def test_images_without_objects_add_background_seeds_only() -> None:
+    tokens, maps, _ = _scenes(n=4)
+    probe = ForegroundProbe(0.25)
+    probe.add_background(tokens[:2])
+    with pytest.raises(ValueError, match="LogisticRegression|class|solver"):
+        probe.fit()  # background alone: one class, nothing to separate
+    probe = ForegroundProbe(0.25)
+    probe.add(tokens[2:], maps[2:])
+    probe.add_background(tokens[:2])
+    assert probe.fit()["seeds"] == 2 * 32 + 2 * 64
+    with pytest.raises(RuntimeError, match="fit must run"):
+        ForegroundProbe()(tokens)
+
+
+def _labeler(tiny_export, root, *extra: str) -> PseudoLabeler:
+    cfg = load_config(
+        "distill", "fashion_tiny", [f"backbone={tiny_export}", f"data.root={root}", *extra]
+    )
+    model, _ = load_backbone(tiny_export)
+    return PseudoLabeler(model, cfg, torch.device("cpu"))
+
+
+def test_the_labeler_replaces_the_head_mean_by_the_probe(tiny_export, fashion_scenes_root):
+    ds = VOCSegmentation(fashion_scenes_root, "train")
+    labeler = _labeler(tiny_export, fashion_scenes_root)
+    labeler.fit(lambda: iter_batches(ds, range(40), 16), ds.num_classes)
+    assert labeler.fg_probe is not None
+    batch = next(iter_batches(ds, range(8), 8))
+    att = labeler.attend(batch.images)
+    assert torch.allclose(att.saliency, labeler.fg_probe(att.tokens))
+    labeler.cfg.mask.token_probe = False  # a refit without it restores the head mean
+    labeler.fit(lambda: iter_batches(ds, range(40), 16), ds.num_classes)
+    att = labeler.attend(batch.images)
+    assert labeler.fg_probe is None and torch.allclose(att.saliency, att.heads.mean(dim=1))
+
+
+def test_a_seed_share_out_of_range_is_a_config_error(tiny_export, fashion_scenes_root):
+    ds = VOCSegmentation(fashion_scenes_root, "train")
+    labeler = _labeler(tiny_export, fashion_scenes_root, "mask.probe_seed_share=0.7")
+    with pytest.raises(ConfigError, match=r"mask.probe_seed_share must be in \(0, 0.5\]"):
+        labeler.fit(lambda: iter_batches(ds, range(8), 8), ds.num_classes)
