@@ -27,7 +27,7 @@ from distill.enhancer import Enhancer, enhancer_inputs, predict_foreground
 from distill.mask_rules import border_polarity, otsu_threshold, threshold_for
 from distill.polarity import HeadPolarity, apply_signs
 from distill.refine import VariationAwareRefine, dual_threshold
-from distill.token_probe import ForegroundProbe
+from distill.token_probe import ForegroundProbe, fit_probe, refine_signs
 
 log = logging.getLogger(__name__)
 EMPTY_LABEL_POLICIES = ("background", "error")
@@ -132,24 +132,31 @@ class PseudoLabeler:
         if not 0.0 < share <= 0.5:
             raise ConfigError(f"mask.probe_seed_share must be in (0, 0.5], got {share}")
         if self.cfg.mask.token_probe:
-            self.fit_fg_probe(make_batches())
+            self.fit_fg_probe(make_batches(), num_classes)
         self.fit_prototypes(make_batches(), num_classes)
 
-    def fit_fg_probe(self, batches: Iterator[Batch]) -> dict:
-        """A linear foreground probe on patch tokens, seeded by the head mean (token_probe)."""
+    def fit_fg_probe(self, batches: Iterator[Batch], num_classes: int) -> dict:
+        """A linear foreground probe on patch tokens, seeded by the head mean (token_probe).
+
+        With ``mask.head_polarity=labels`` the head signs are then refined on the probe's
+        own map (distill.token_probe.refine_signs), where the label criterion is clearer.
+        """
         self.fg_probe = None
-        probe = ForegroundProbe(self.cfg.mask.probe_seed_share)
+        images = []  # iter_batches refused empty label lists unless they mean "no object"
         for batch in batches:
             att = self.attend(batch.images)
-            keep = [i for i, labs in enumerate(batch.labels) if labs]
-            if keep:
-                probe.add(att.tokens[keep], att.saliency[keep])
-            empty = [i for i, labs in enumerate(batch.labels) if not labs]
-            if empty and self.cfg.data.empty_labels == "background":
-                probe.add_background(att.tokens[empty])
-        stats = probe.fit()
+            images.append((att.heads.cpu(), att.tokens.cpu(), batch.labels))
+        share = self.cfg.mask.probe_seed_share
+        if self.head_signs is None:
+            flips = torch.ones(images[0][0].shape[1])
+            probe = fit_probe(images, flips, share)
+            stats = {"flips": flips.tolist()}
+        else:
+            flips, probe, sep = refine_signs(images, num_classes, share)
+            self.head_signs = self.head_signs * flips
+            stats = {"flips": flips.tolist(), "separation": round(sep, 5)}
         self.fg_probe = probe
-        log.info("foreground probe on patch tokens: %s", stats)
+        log.info("foreground probe on patch tokens: %s; head signs %s", stats, self.head_signs)
         return stats
 
     def fit_head_polarity(self, batches: Iterator[Batch], num_classes: int) -> None:

@@ -6,8 +6,15 @@ from sklearn.metrics import roc_auc_score
 from common.backbone import load_backbone
 from common.config import ConfigError, load_config
 from common.datasets.voc import VOCSegmentation
+from distill.polarity import apply_signs
 from distill.pseudo_labels import PseudoLabeler, iter_batches
-from distill.token_probe import ForegroundProbe, seed_labels
+from distill.token_probe import (
+    ForegroundProbe,
+    fit_probe,
+    probe_separation,
+    refine_signs,
+    seed_labels,
+)
 
 
 def test_seeds_are_the_top_and_bottom_share_of_each_image() -> None:
@@ -94,3 +101,35 @@ def test_a_seed_share_out_of_range_is_a_config_error(tiny_export, fashion_scenes
     labeler = _labeler(tiny_export, fashion_scenes_root, "mask.probe_seed_share=0.7")
     with pytest.raises(ConfigError, match=r"mask.probe_seed_share must be in \(0, 0.5\]"):
         labeler.fit(lambda: iter_batches(ds, range(8), 8), ds.num_classes)
+
+
+def _labelled_scenes(n: int = 60, grid: int = 8, dim: int = 16):
+    """Single-label scenes: foreground tokens carry their class, heads 1 and 2 are inverted."""
+    g = torch.Generator().manual_seed(1)
+    classes = F.normalize(torch.randn(4, dim, generator=g), dim=-1)
+    background = F.normalize(torch.randn(dim, generator=g), dim=0)
+    labels = [[1 + i % 3] for i in range(n)]
+    fg = torch.zeros(n, grid, grid)
+    for i in range(n):
+        r, c = torch.randint(0, grid - 4, (2,), generator=g).tolist()
+        fg[i, r : r + 4, c : c + 4] = 1
+    cls = torch.stack([classes[lab[0]] for lab in labels])[:, None, None]
+    tokens = 2 * (fg[..., None] * cls + (1 - fg[..., None]) * background)
+    tokens = tokens + 0.5 * torch.randn(n, grid, grid, dim, generator=g)
+    blob = F.avg_pool2d(fg[:, None], 3, stride=1, padding=1)[:, 0]
+    noise = 0.2 * torch.rand(3, n, grid, grid, generator=g)
+    heads = torch.stack([blob + noise[0], 1 - blob + noise[1], 1 - blob + noise[2]], dim=1)
+    return heads, tokens, labels, fg
+
+
+def test_refined_signs_turn_inverted_heads_towards_the_objects() -> None:
+    heads, tokens, labels, fg = _labelled_scenes()
+    images = [(heads[i : i + 20], tokens[i : i + 20], labels[i : i + 20]) for i in (0, 20, 40)]
+    start = fit_probe(images, torch.ones(3), 0.3)
+    assert roc_auc_score(fg.flatten(), start(tokens).flatten()) < 0.5  # seeds on the background
+    flips, probe, separation = refine_signs(images, num_classes=4, share=0.3)
+    assert flips[0] == 1 and (flips[1:] == -1).any()
+    signed = apply_signs(heads, flips).mean(dim=1)
+    assert roc_auc_score(fg.flatten(), signed.flatten()) > 0.9
+    assert roc_auc_score(fg.flatten(), probe(tokens).flatten()) > 0.95
+    assert separation > probe_separation(start, images, 4)
