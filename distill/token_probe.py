@@ -91,9 +91,6 @@ class ForegroundProbe:
         w, b = self.weight.to(t.device), self.bias.to(t.device)
         return torch.sigmoid(t @ w + b)
 
-    def state_dict(self) -> dict:
-        return {"weight": self.weight, "bias": self.bias, "seed_share": self.seed_share}
-
 
 FitImages = Sequence[tuple[torch.Tensor, torch.Tensor, Sequence[Sequence[int]]]]
 
