@@ -10,12 +10,6 @@ similar; the per-label score maps are upsampled bilinearly before the pixel-wise
 
 ``first_label`` rule (the no-learning reference): every foreground pixel gets the image's
 lowest class id; it is exact on single-label images.
-
-``ignore`` rule: the foreground of a multi-label image is marked ignore (255), so a model
-trained on the masks learns classes from single-label images only, where the class is
-known. For features whose patch tokens do not tell the classes apart (prototype no better
-than first label), wrong classes on half the pixels teach a segmentation model more harm
-than no label (benchmarks/RESULTS.md, session 13: WSSS).
 """
 
 from __future__ import annotations
@@ -25,7 +19,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-RULES = ("prototype", "first_label", "ignore")
+RULES = ("prototype", "first_label")
 
 
 class PrototypeBank:
@@ -112,8 +106,6 @@ def assign_classes(
             )
         if rule == "first_label" or len(labs) == 1:
             out[i][foreground[i] == 1] = labs[0]
-        elif rule == "ignore":
-            out[i][foreground[i] == 1] = ignore_index
         else:
             multi.append((i, labs))
     if multi:

@@ -48,10 +48,3 @@ def test_prototype_bank_rejects_background_or_out_of_range_labels():
 def test_an_image_known_to_be_empty_is_background_even_where_ignored():
     fg = torch.tensor([[[255, 1], [1, 0]]])
     assert assign_classes(fg, [[]], None, empty_labels="background").tolist() == [[[0, 0], [0, 0]]]
-
-
-def test_ignore_rule_declines_the_foreground_of_multi_label_images_only():
-    fg = torch.tensor([[[0, 1], [1, 255]], [[0, 1], [1, 1]]])
-    out = assign_classes(fg, [[3, 5], [4]], None, "ignore")
-    assert out[0].tolist() == [[0, 255], [255, 255]]  # background kept, classes declined
-    assert out[1].tolist() == [[0, 4], [4, 4]]  # one label: its class is known
