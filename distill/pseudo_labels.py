@@ -131,6 +131,13 @@ class PseudoLabeler:
         share = self.cfg.mask.probe_seed_share
         if not 0.0 < share <= 0.5:
             raise ConfigError(f"mask.probe_seed_share must be in (0, 0.5], got {share}")
+        if self.cfg.mask.token_probe and self.cfg.mask.border_polarity:
+            raise ConfigError(
+                "mask.token_probe and mask.border_polarity are both on: the probe replaces "
+                "the head maps that the border rule would mirror per image; set "
+                "mask.border_polarity=false (the probe's heads are signed by the labels) or "
+                "mask.token_probe=false"
+            )
         if self.cfg.mask.token_probe:
             self.fit_fg_probe(make_batches(), num_classes)
         self.fit_prototypes(make_batches(), num_classes)

@@ -133,3 +133,12 @@ def test_refined_signs_turn_inverted_heads_towards_the_objects() -> None:
     assert roc_auc_score(fg.flatten(), signed.flatten()) > 0.9
     assert roc_auc_score(fg.flatten(), probe(tokens).flatten()) > 0.95
     assert separation > probe_separation(start, images, 4)
+
+
+def test_the_probe_and_the_border_rule_together_are_a_config_error(
+    tiny_export, fashion_scenes_root
+):
+    ds = VOCSegmentation(fashion_scenes_root, "train")
+    labeler = _labeler(tiny_export, fashion_scenes_root, "mask.border_polarity=true")
+    with pytest.raises(ConfigError, match="mask.token_probe and mask.border_polarity"):
+        labeler.fit(lambda: iter_batches(ds, range(8), 8), ds.num_classes)
