@@ -102,7 +102,10 @@ class PseudoLabeler:
         self.fg_probe: ForegroundProbe | None = None
 
     def attend(self, images: torch.Tensor) -> AttentionOutput:
-        """Attention maps of a batch; ``attention.image_size`` resizes the backbone's input."""
+        """Attention maps of a batch, signed heads, and the probe's P(fg) as saliency if fitted.
+
+        ``attention.image_size`` resizes the backbone's input.
+        """
         a = self.cfg.attention
         images = images.to(self.device)
         if a.image_size:
@@ -118,7 +121,18 @@ class PseudoLabeler:
 
     def fit(self, make_batches: Callable[[], Iterator[Batch]], num_classes: int) -> None:
         """Fit on the training images: head polarity, the foreground probe, prototypes."""
-        mode = self.cfg.mask.head_polarity
+        mode, m = self.cfg.mask.head_polarity, self.cfg.mask
+        if m.token_probe and not 0.0 < m.probe_seed_share <= 0.5:
+            raise ConfigError(
+                f"mask.probe_seed_share must be in (0, 0.5], got {m.probe_seed_share}"
+            )
+        if m.token_probe and m.border_polarity:
+            raise ConfigError(
+                "mask.token_probe and mask.border_polarity are both on: the probe replaces "
+                "the head maps that the border rule would mirror per image; set "
+                "mask.border_polarity=false (the probe's heads are signed by the labels) or "
+                "mask.token_probe=false"
+            )
         if mode not in HEAD_POLARITY_MODES:
             raise ConfigError(
                 f"mask.head_polarity must be one of {HEAD_POLARITY_MODES}, got {mode!r}"
@@ -128,16 +142,6 @@ class PseudoLabeler:
         else:
             self.head_signs = None
         self.fg_probe = None
-        share = self.cfg.mask.probe_seed_share
-        if not 0.0 < share <= 0.5:
-            raise ConfigError(f"mask.probe_seed_share must be in (0, 0.5], got {share}")
-        if self.cfg.mask.token_probe and self.cfg.mask.border_polarity:
-            raise ConfigError(
-                "mask.token_probe and mask.border_polarity are both on: the probe replaces "
-                "the head maps that the border rule would mirror per image; set "
-                "mask.border_polarity=false (the probe's heads are signed by the labels) or "
-                "mask.token_probe=false"
-            )
         if self.cfg.mask.token_probe:
             self.fit_fg_probe(make_batches(), num_classes)
         self.fit_prototypes(make_batches(), num_classes)
@@ -153,6 +157,8 @@ class PseudoLabeler:
         for batch in batches:
             att = self.attend(batch.images)
             images.append((att.heads.cpu(), att.tokens.cpu(), batch.labels))
+        if not images:
+            raise ValueError("no fit image: the foreground probe needs labelled train images")
         share = self.cfg.mask.probe_seed_share
         if self.head_signs is None:
             flips = torch.ones(images[0][0].shape[1])
@@ -203,7 +209,7 @@ class PseudoLabeler:
         return state
 
     def saliency(self, att: AttentionOutput, size: tuple[int, int]) -> torch.Tensor:
-        """The head-mean map upsampled to pixels [B, H, W].
+        """The saliency map (probe P(fg), or the head mean) upsampled to pixels [B, H, W].
 
         With ``mask.border_polarity`` each head is first mirrored if it lights up the
         image border (cut at its own Otsu threshold), so heads that attend to the

@@ -99,6 +99,7 @@ class EnhancerPool:
             context={
                 "head_signs": None if signs is None else signs.tolist(),
                 "token_probe": self.cfg.mask.token_probe,
+                "probe_seed_share": self.cfg.mask.probe_seed_share,
             },
         )
         summary["seconds"] = round(time.perf_counter() - t0, 2)

@@ -39,7 +39,7 @@ def seed_labels(maps: torch.Tensor, share: float) -> torch.Tensor:
         raise ValueError(f"mask.probe_seed_share must be in (0, 0.5], got {share}")
     flat = maps.flatten(1)
     n = flat.shape[1]
-    k = max(1, int(round(share * n)))
+    k = min(max(1, int(round(share * n))), n // 2)  # the two seed sets never overlap
     order = flat.argsort(dim=1, descending=True, stable=True)
     seeds = torch.full_like(flat, -1, dtype=torch.long)
     seeds.scatter_(1, order[:, :k], 1)

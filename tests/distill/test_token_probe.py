@@ -29,6 +29,8 @@ def test_seeds_are_the_top_and_bottom_share_of_each_image() -> None:
     assert (flat == 1).sum() == 4 and (flat == 0).sum() == 4
     with pytest.raises(ValueError, match="probe_seed_share"):
         seed_labels(maps, 0.6)
+    odd = seed_labels(torch.rand(1, 3, 5), 0.5)  # 15 patches: 7 each way, never overlapping
+    assert (odd == 1).sum() == 7 and (odd == 0).sum() == 7
 
 
 def _scenes(n: int = 64, grid: int = 8, dim: int = 16, seed: int = 0):
@@ -125,6 +127,10 @@ def _labelled_scenes(n: int = 60, grid: int = 8, dim: int = 16):
 def test_refined_signs_turn_inverted_heads_towards_the_objects() -> None:
     heads, tokens, labels, fg = _labelled_scenes()
     images = [(heads[i : i + 20], tokens[i : i + 20], labels[i : i + 20]) for i in (0, 20, 40)]
+    # Two scenes known to be empty: background tokens only, every patch a background seed.
+    bg = tokens[:2].clone()
+    bg[:] = tokens[0][fg[0] == 0].mean(0)
+    images.append((heads[:2], bg, [[], []]))
     start = fit_probe(images, torch.ones(3), 0.3)
     assert roc_auc_score(fg.flatten(), start(tokens).flatten()) < 0.5  # seeds on the background
     flips, probe, separation = refine_signs(images, num_classes=4, share=0.3)
