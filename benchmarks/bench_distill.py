@@ -67,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, m in models.items():
         labeler = PseudoLabeler(m, cfg, torch.device("cpu"))
         labeler.fit(
-            lambda: iter_batches(
-                train_ds, proto_idx, cfg.attention.batch_size, cfg.data.empty_labels
-            ),
+            iter_batches(train_ds, proto_idx, cfg.attention.batch_size, cfg.data.empty_labels),
             train_ds.num_classes,
         )
         idx = _subset(len(eval_ds), args.images, cfg.seed)

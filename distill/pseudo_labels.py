@@ -9,7 +9,7 @@ so ``VOCSegmentation(root, split, mask_dir=...)`` reads them in place of ground 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from distill.enhancer import Enhancer, enhancer_inputs, predict_foreground
 from distill.mask_rules import border_polarity, otsu_threshold, threshold_for
 from distill.polarity import HeadPolarity, apply_signs
 from distill.refine import VariationAwareRefine, dual_threshold
-from distill.token_probe import ForegroundProbe, fit_probe, refine_signs
+from distill.token_probe import FitImages, ForegroundProbe, fit_probe, refine_signs
 
 log = logging.getLogger(__name__)
 EMPTY_LABEL_POLICIES = ("background", "error")
@@ -112,15 +112,24 @@ class PseudoLabeler:
             size = (a.image_size, a.image_size) if isinstance(a.image_size, int) else a.image_size
             images = F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False)
         att = extract_attention(self.model, images, a.source, a.layers)
-        if self.head_signs is not None:
-            heads = apply_signs(att.heads, self.head_signs)
-            att = replace(att, heads=heads, saliency=heads.mean(dim=1))
-        if self.fg_probe is not None:
-            att = replace(att, saliency=self.fg_probe(att.tokens))
-        return att
+        heads, saliency = self._fitted_maps(att.heads, att.tokens)
+        return replace(att, heads=heads, saliency=saliency)
 
-    def fit(self, make_batches: Callable[[], Iterator[Batch]], num_classes: int) -> None:
-        """Fit on the training images: head polarity, the foreground probe, prototypes."""
+    def _fitted_maps(
+        self, heads: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw head maps turned by the fitted signs, and the saliency: probe P(fg) or mean."""
+        if self.head_signs is not None:
+            heads = apply_signs(heads, self.head_signs)
+        saliency = self.fg_probe(tokens) if self.fg_probe is not None else heads.mean(dim=1)
+        return heads, saliency
+
+    def fit(self, batches: Iterable[Batch], num_classes: int) -> None:
+        """Fit on labelled training images: head polarity, the foreground probe, prototypes.
+
+        One backbone pass: the raw head maps and patch tokens of ``batches`` are kept (on
+        the CPU; ``assign.max_images`` bounds them) and every fit step reads them.
+        """
         mode, m = self.cfg.mask.head_polarity, self.cfg.mask
         if m.token_probe and not 0.0 < m.probe_seed_share <= 0.5:
             raise ConfigError(
@@ -137,48 +146,25 @@ class PseudoLabeler:
             raise ConfigError(
                 f"mask.head_polarity must be one of {HEAD_POLARITY_MODES}, got {mode!r}"
             )
-        if mode == "labels":
-            self.fit_head_polarity(make_batches(), num_classes)
-        else:
-            self.head_signs = None
-        self.fg_probe = None
-        if self.cfg.mask.token_probe:
-            self.fit_fg_probe(make_batches(), num_classes)
-        self.fit_prototypes(make_batches(), num_classes)
-
-    def fit_fg_probe(self, batches: Iterator[Batch], num_classes: int) -> dict:
-        """A linear foreground probe on patch tokens, seeded by the head mean (token_probe).
-
-        With ``mask.head_polarity=labels`` the head signs are then refined on the probe's
-        own map (distill.token_probe.refine_signs), where the label criterion is clearer.
-        """
-        self.fg_probe = None
-        images = []  # iter_batches refused empty label lists unless they mean "no object"
+        self.head_signs, self.fg_probe = None, None
+        # iter_batches refused empty label lists unless they mean "no object".
+        images = []
         for batch in batches:
             att = self.attend(batch.images)
             images.append((att.heads.cpu(), att.tokens.cpu(), batch.labels))
         if not images:
-            raise ValueError("no fit image: the foreground probe needs labelled train images")
-        share = self.cfg.mask.probe_seed_share
-        if self.head_signs is None:
-            flips = torch.ones(images[0][0].shape[1])
-            probe = fit_probe(images, flips, share)
-            stats = {"flips": flips.tolist()}
-        else:
-            flips, probe, sep = refine_signs(images, num_classes, share)
-            self.head_signs = self.head_signs * flips
-            stats = {"flips": flips.tolist(), "separation": round(sep, 5)}
-        self.fg_probe = probe
-        log.info("foreground probe on patch tokens: %s; head signs %s", stats, self.head_signs)
-        return stats
+            raise ValueError("no fit image: fitting on labels needs labelled train images")
+        if mode == "labels":
+            self.fit_head_polarity(images, num_classes)
+        if m.token_probe:
+            self.fit_fg_probe(images, num_classes)
+        self.fit_prototypes(images, num_classes)
 
-    def fit_head_polarity(self, batches: Iterator[Batch], num_classes: int) -> None:
+    def fit_head_polarity(self, images: FitImages, num_classes: int) -> None:
         """Signs [K] that turn every head towards the objects (distill.polarity)."""
-        self.head_signs = None
         acc = HeadPolarity(num_classes)
-        for batch in batches:
-            att = self.attend(batch.images)
-            acc.add(att.heads, att.tokens, batch.labels)
+        for heads, tokens, labels in images:
+            acc.add(heads, tokens, labels)
         self.head_signs = acc.signs()
         flipped = (self.head_signs < 0).nonzero().flatten().tolist()
         log.info(
@@ -188,21 +174,35 @@ class PseudoLabeler:
             len(self.head_signs),
         )
 
-    def fit_prototypes(self, batches: Iterator[Batch], num_classes: int) -> dict:
+    def fit_fg_probe(self, images: FitImages, num_classes: int) -> dict:
+        """A linear foreground probe on patch tokens, seeded by the head mean (token_probe).
+
+        With ``mask.head_polarity=labels`` the head signs are then refined on the probe's
+        own map (distill.token_probe.refine_signs), where the label criterion is clearer.
+        """
+        share = self.cfg.mask.probe_seed_share
+        if self.head_signs is None:
+            flips = torch.ones(images[0][0].shape[1])
+            probe = fit_probe(images, flips, share)
+            stats = {"flips": flips.tolist()}
+        else:
+            signed = [(apply_signs(h, self.head_signs), t, labs) for h, t, labs in images]
+            flips, probe, sep = refine_signs(signed, num_classes, share)
+            self.head_signs = self.head_signs * flips
+            stats = {"flips": flips.tolist(), "separation": round(sep, 5)}
+        self.fg_probe = probe
+        log.info("foreground probe on patch tokens: %s; head signs %s", stats, self.head_signs)
+        return stats
+
+    def fit_prototypes(self, images: FitImages, num_classes: int) -> dict:
         """Class prototypes from foreground embeddings of labelled images (class_assign)."""
-        bank = None
-        for batch in batches:
-            att = self.attend(batch.images)
-            if bank is None:
-                bank = PrototypeBank(num_classes, att.tokens.shape[-1])
-            keep = [i for i, labs in enumerate(batch.labels) if labs]
+        bank = PrototypeBank(num_classes, images[0][1].shape[-1])
+        for heads, tokens, labels in images:
+            keep = [i for i, labs in enumerate(labels) if labs]
             if keep:
-                bank.add(
-                    att.tokens[keep].cpu(),
-                    att.saliency[keep].cpu(),
-                    [batch.labels[i] for i in keep],
-                )
-        if bank is None or bank.count == 0:
+                _, saliency = self._fitted_maps(heads[keep], tokens[keep])
+                bank.add(tokens[keep], saliency, [labels[i] for i in keep])
+        if bank.count == 0:
             raise ValueError("no labelled image to build class prototypes from")
         state = bank.state_dict()
         self.centre, self.prototypes = state["centre"], state["prototypes"]

@@ -154,9 +154,7 @@ def _quality(
         torch.manual_seed(cfg.seed + 1)
         random_labeler = PseudoLabeler(build_backbone(info["timm_kwargs"]), cfg, labeler.device)
         random_labeler.fit(
-            lambda: iter_batches(
-                train_ds, proto_idx, cfg.attention.batch_size, cfg.data.empty_labels
-            ),
+            iter_batches(train_ds, proto_idx, cfg.attention.batch_size, cfg.data.empty_labels),
             train_ds.num_classes,
         )
         preds = [random_labeler.weak(b)[0] for b, _ in cache]
@@ -235,7 +233,7 @@ def run(cfg: Config, run: RunDir) -> dict:
     proto_idx = [train_idx[i] for i in proto_idx]
     bs, empty = cfg.attention.batch_size, cfg.data.empty_labels
     labeler.fit(
-        lambda: iter_batches(train_ds, proto_idx, bs, empty, "fit on labels"),
+        iter_batches(train_ds, proto_idx, bs, empty, "fit on labels"),
         train_ds.num_classes,
     )
     # One seeded order of the GT pool: enhancers on 10, 50, 200 images use nested prefixes.

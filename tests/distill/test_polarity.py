@@ -94,7 +94,7 @@ def test_the_labeler_fits_signs_and_applies_them_to_every_batch(
 
     ds = VOCSegmentation(fashion_scenes_root, "train")
     labeler = _labeler(tiny_export, fashion_scenes_root, "labels", "mask.token_probe=false")
-    labeler.fit(lambda: iter_batches(ds, range(40), 16), ds.num_classes)
+    labeler.fit(iter_batches(ds, range(40), 16), ds.num_classes)
     signs = labeler.head_signs
     assert signs is not None and signs.shape == (4,) and set(signs.tolist()) <= {1.0, -1.0}
 
@@ -112,7 +112,7 @@ def test_an_unknown_polarity_mode_is_named(tiny_export, fashion_scenes_root) -> 
     with pytest.raises(
         ConfigError, match=r"mask.head_polarity must be one of \('labels', 'none'\)"
     ):
-        labeler.fit(lambda: iter_batches(ds, range(8), 8), ds.num_classes)
+        labeler.fit(iter_batches(ds, range(8), 8), ds.num_classes)
 
 
 def test_flat_maps_split_into_equal_halves() -> None:
@@ -128,10 +128,10 @@ def test_flat_maps_split_into_equal_halves() -> None:
 def test_refitting_without_polarity_clears_the_signs(tiny_export, fashion_scenes_root) -> None:
     ds = VOCSegmentation(fashion_scenes_root, "train")
     labeler = _labeler(tiny_export, fashion_scenes_root, "labels")
-    labeler.fit(lambda: iter_batches(ds, range(40), 16), ds.num_classes)
+    labeler.fit(iter_batches(ds, range(40), 16), ds.num_classes)
     assert labeler.head_signs is not None
     labeler.cfg.mask.head_polarity = "none"
-    labeler.fit(lambda: iter_batches(ds, range(40), 16), ds.num_classes)
+    labeler.fit(iter_batches(ds, range(40), 16), ds.num_classes)
     assert labeler.head_signs is None
     batch = next(iter_batches(ds, range(4), 4))
     raw = extract_attention(labeler.model, batch.images, "cosine", [-1])

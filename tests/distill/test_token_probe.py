@@ -87,13 +87,13 @@ def _labeler(tiny_export, root, *extra: str) -> PseudoLabeler:
 def test_the_labeler_replaces_the_head_mean_by_the_probe(tiny_export, fashion_scenes_root):
     ds = VOCSegmentation(fashion_scenes_root, "train")
     labeler = _labeler(tiny_export, fashion_scenes_root)
-    labeler.fit(lambda: iter_batches(ds, range(40), 16), ds.num_classes)
+    labeler.fit(iter_batches(ds, range(40), 16), ds.num_classes)
     assert labeler.fg_probe is not None
     batch = next(iter_batches(ds, range(8), 8))
     att = labeler.attend(batch.images)
     assert torch.allclose(att.saliency, labeler.fg_probe(att.tokens))
     labeler.cfg.mask.token_probe = False  # a refit without it restores the head mean
-    labeler.fit(lambda: iter_batches(ds, range(40), 16), ds.num_classes)
+    labeler.fit(iter_batches(ds, range(40), 16), ds.num_classes)
     att = labeler.attend(batch.images)
     assert labeler.fg_probe is None and torch.allclose(att.saliency, att.heads.mean(dim=1))
 
@@ -102,7 +102,7 @@ def test_a_seed_share_out_of_range_is_a_config_error(tiny_export, fashion_scenes
     ds = VOCSegmentation(fashion_scenes_root, "train")
     labeler = _labeler(tiny_export, fashion_scenes_root, "mask.probe_seed_share=0.7")
     with pytest.raises(ConfigError, match=r"mask.probe_seed_share must be in \(0, 0.5\]"):
-        labeler.fit(lambda: iter_batches(ds, range(8), 8), ds.num_classes)
+        labeler.fit(iter_batches(ds, range(8), 8), ds.num_classes)
 
 
 def _labelled_scenes(n: int = 60, grid: int = 8, dim: int = 16):
@@ -147,4 +147,4 @@ def test_the_probe_and_the_border_rule_together_are_a_config_error(
     ds = VOCSegmentation(fashion_scenes_root, "train")
     labeler = _labeler(tiny_export, fashion_scenes_root, "mask.border_polarity=true")
     with pytest.raises(ConfigError, match="mask.token_probe and mask.border_polarity"):
-        labeler.fit(lambda: iter_batches(ds, range(8), 8), ds.num_classes)
+        labeler.fit(iter_batches(ds, range(8), 8), ds.num_classes)
