@@ -9,8 +9,10 @@ from typing import Any
 
 import torch
 
+from common.errors import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be read or does not fit the model; the message says why."""
 
 

@@ -4,16 +4,60 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn, TypeVar
 
 from common.config import CONFIG_ROOT, Config, ConfigError, load_config
-from common.rundir import RunDir, prepare_run_dir, setup_logging
+from common.errors import UserError
+from common.rundir import CONSOLE_SKIP, RunDir, prepare_run_dir, setup_logging
 from common.runtime import seed_everything
 
 log = logging.getLogger(__name__)
 StageFn = Callable[[Config, RunDir], dict]
+T = TypeVar("T")
+DEBUG_ENV = "LABELFEW_DEBUG"
+# Errors whose message is the whole story: a user mistake or damaged input, never a bug.
+EXPECTED_ERRORS = (UserError, ConfigError)
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """``--debug``: show the traceback of an expected error too."""
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"on an error, show the full traceback (same as {DEBUG_ENV}=1)",
+    )
+
+
+def debug_requested(argv: Sequence[str]) -> bool:
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def exit_with_error(exc: BaseException) -> NoReturn:
+    """Print ``error: <message>`` (and ``hint: ...``) on stderr, log it to the files, exit 2."""
+    message = " ".join(str(exc).split())
+    hint = getattr(exc, "hint", None)
+    if logging.getLogger().handlers:  # else logging's last-resort handler would print it twice
+        # The log file keeps the error too; the console gets the plain line below instead.
+        log.error("%s", message, extra={CONSOLE_SKIP: True})
+    sys.stderr.write(f"error: {message}\n")
+    if hint:
+        sys.stderr.write(f"hint: {hint}\n")
+    sys.exit(2)
+
+
+def run_cli(main: Callable[[list[str]], T], argv: Sequence[str] | None = None) -> T:
+    """Run ``main(argv)``; an expected error exits 2 with one line unless debugging."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return main(args)
+    except EXPECTED_ERRORS as exc:
+        if debug_requested(args):
+            raise
+        exit_with_error(exc)
 
 
 def build_parser(stage: str, description: str) -> argparse.ArgumentParser:
@@ -47,7 +91,13 @@ def build_parser(stage: str, description: str) -> argparse.ArgumentParser:
         action="store_true",
         help="reuse an output dir that holds a different config (overwrites its config.yaml)",
     )
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    add_debug_flag(parser)
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, before or after the flags",
+    )
     return parser
 
 
@@ -84,16 +134,14 @@ def run_stage(
 def stage_main(
     stage: str, fn: StageFn, description: str, argv: Sequence[str] | None = None
 ) -> dict:
-    """Parse arguments, load the config and run ``fn``; config errors exit with code 2."""
+    """Parse arguments, load the config and run ``fn``; expected errors exit with code 2."""
     parser = build_parser(stage, description)
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(stage, args.config, args.overrides)
-    except ConfigError as exc:
-        parser.exit(2, f"error: {exc}\n")
-    out = args.output_dir or default_output_dir(stage, args.config)
-    try:
-        return run_stage(stage, fn, cfg, out, force=args.force)
-    except ConfigError as exc:
-        logging.getLogger(stage).error("%s", exc)
-        sys.exit(2)
+
+    def main(args: list[str]) -> dict:
+        # Intermixed: `--output-dir D key=v` after flags reads as the user meant it.
+        ns = parser.parse_intermixed_args(args)
+        cfg = load_config(stage, ns.config, ns.overrides)
+        out = ns.output_dir or default_output_dir(stage, ns.config)
+        return run_stage(stage, fn, cfg, out, force=ns.force)
+
+    return run_cli(main, argv)

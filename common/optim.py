@@ -6,8 +6,10 @@ from collections.abc import Callable
 
 import torch
 
+from common.errors import UserError
 
-class NonFiniteLossError(RuntimeError):
+
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss (or gradient) became NaN/inf; raised before any parameter is updated."""
 
 

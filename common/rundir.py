@@ -22,6 +22,8 @@ from common.config import (
 )
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# A record with this attribute set goes to the log files only (the CLI prints it itself).
+CONSOLE_SKIP = "console_skip"
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,9 @@ def setup_logging(run: RunDir | None, rank: int = 0, level: int = logging.INFO) 
     fmt = logging.Formatter(LOG_FORMAT)
     handlers: list[logging.Handler] = []
     if rank == 0:
-        handlers.append(logging.StreamHandler(sys.stderr))
+        console = logging.StreamHandler(sys.stderr)
+        console.addFilter(lambda record: not getattr(record, CONSOLE_SKIP, False))
+        handlers.append(console)
     if run is not None:
         name = "log.txt" if rank == 0 else f"log.rank{rank}.txt"
         handlers.append(logging.FileHandler(run.root / name))

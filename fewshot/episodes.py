@@ -17,10 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class EpisodeError(ValueError):
+class EpisodeError(UserError, ValueError):
     """An episode setting the data cannot satisfy; the message says what to change."""
 
 

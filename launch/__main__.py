@@ -15,12 +15,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.config import ConfigError, load_config
+from common.cli import add_debug_flag, run_cli
+from common.config import load_config
 from common.preemption import Preempted
 from common.rundir import setup_logging
 from launch.options import EXECUTORS, load_launch_options, split_overrides
 from launch.slurm import LaunchError
-from launch.stages import STAGES, StageError
+from launch.stages import STAGES
 
 log = logging.getLogger("launch")
 COMMANDS = ("pipeline", "sweep", "status", "cancel")
@@ -75,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds of warning before the time limit (same as slurm.signal_delay_s)",
     )
     p.add_argument("--time", metavar="HH:MM:SS", help="time limit (same as slurm.time)")
+    add_debug_flag(p)
     return p
 
 
@@ -196,8 +198,7 @@ def _run_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; bad input exits with code 2 and a message naming the fix."""
+def _main(argv: list[str]) -> int:
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
     unknown = [a for a in rest if a.startswith("-")]
@@ -208,27 +209,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides.insert(0, args.run_dir)
     # The same labelled console handler a stage installs, so it replaces it instead of doubling.
     setup_logging(None)
-    try:
-        if args.target in ("status", "cancel"):
-            from launch.status import cancel_runs, collect, format_status
+    if args.target in ("status", "cancel"):
+        from launch.status import cancel_runs, collect, format_status
 
-            if not args.run_dir:
-                raise LaunchError(f"{args.target} needs a run directory")
-            if args.target == "cancel":
-                ids = cancel_runs(args.run_dir)
-                print(f"cancelled {len(ids)} job(s): {' '.join(ids) or '-'}")
-                return 0
-            print(format_status(collect(args.run_dir)))
+        if not args.run_dir:
+            raise LaunchError(f"{args.target} needs a run directory")
+        if args.target == "cancel":
+            ids = cancel_runs(args.run_dir)
+            print(f"cancelled {len(ids)} job(s): {' '.join(ids) or '-'}")
             return 0
-        overrides = _launch_args(args, overrides)
-        if args.target == "pipeline":
-            return _run_pipeline(args, overrides)
-        if args.target == "sweep":
-            return _run_sweep(args, overrides)
-        return _run_stage(args, overrides)
-    except (LaunchError, ConfigError, StageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(format_status(collect(args.run_dir)))
+        return 0
+    overrides = _launch_args(args, overrides)
+    if args.target == "pipeline":
+        return _run_pipeline(args, overrides)
+    if args.target == "sweep":
+        return _run_sweep(args, overrides)
+    return _run_stage(args, overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; bad input (config, stage, cluster) exits with code 2 and one line."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from common import preemption
 from common.cli import run_stage
 from common.config import to_config
 from common.distributed import detect_env
+from common.errors import UserError
 from launch.manifest import Manifest
 from launch.stages import PRODUCES, stage_function
 
@@ -31,7 +32,7 @@ REQUEUE_COUNT = ".requeue_count"
 PREEMPT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 
 
-class RequeueLimitError(RuntimeError):
+class RequeueLimitError(UserError, RuntimeError):
     """A job was pre-empted more often than ``slurm.max_requeues`` allows."""
 
 

@@ -19,11 +19,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from common.errors import UserError
+
 MANIFEST = "manifest.json"
 FORMAT = "labelfew-pipeline-manifest-v1"
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(UserError, RuntimeError):
     """A missing artifact, or one whose checksum changed after it was produced."""
 
 

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from common.errors import UserError
+
 APT_HINT = "apt-get install slurm-client (Debian/Ubuntu) or load your site's slurm module"
 TERMINAL = {
     "COMPLETED",
@@ -28,7 +30,7 @@ TERMINAL = {
 }
 
 
-class LaunchError(RuntimeError):
+class LaunchError(UserError, RuntimeError):
     """Something that stops a launch before (or while) submitting; the message says the fix."""
 
 

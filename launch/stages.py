@@ -7,6 +7,7 @@ import importlib
 from pathlib import Path
 
 from common.cli import StageFn
+from common.errors import UserError
 
 STAGES = ("pretrain", "distill", "distill/segment", "fewshot", "fewshot/probe")
 
@@ -24,7 +25,7 @@ PRODUCES: dict[str, dict[str, str]] = {
 ARTIFACT_KEYS = ("backbone", "pseudo_masks")
 
 
-class StageError(ValueError):
+class StageError(UserError, ValueError):
     """An unknown stage name or a stage package that cannot be imported."""
 
 

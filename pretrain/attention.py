@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from common.backbone import last_block_attention, load_backbone
-from common.checkpoint import CheckpointError
+from common.cli import add_debug_flag, run_cli
+from common.datasets.errors import CorruptDataError
 from common.rundir import setup_logging
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
 
@@ -46,7 +47,7 @@ def load_image(path: Path, size: int) -> torch.Tensor:
         with Image.open(path) as img:
             rgb = img.convert("RGB").resize((size, size), Image.BICUBIC)
     except (OSError, UnidentifiedImageError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from None
+        raise CorruptDataError(f"cannot read image {path}: {exc}") from None
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float() / 255.0
 
 
@@ -98,7 +99,7 @@ def write_attention_figures(
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pretrain.attention",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
@@ -114,27 +115,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mass", type=float, default=0.6, help="attention mass kept by the masks (DINO: 0.6)"
     )
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
+    if not 0 < args.mass <= 1:
+        parser.error(f"--mass must be in (0, 1], got {args.mass}")
     setup_logging(None)
-    try:
-        model, info = load_backbone(args.checkpoint)
-    except CheckpointError as exc:
-        log.error("%s", exc)
-        return 2
+    model, info = load_backbone(args.checkpoint)
     size = args.size or int(info["timm_kwargs"]["img_size"])
     patch = int(info["timm_kwargs"]["patch_size"])
     if size % patch:
         parser.error(f"--size {size} is not a multiple of the patch size {patch}")
-    try:
-        written = write_attention_figures(
-            model, [Path(p) for p in args.images], Path(args.out), size, args.mass
-        )
-    except ValueError as exc:
-        log.error("%s", exc)
-        return 2
+    written = write_attention_figures(
+        model, [Path(p) for p in args.images], Path(args.out), size, args.mass
+    )
     for target in written:
         log.info("wrote %s", target)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; a bad checkpoint or image is one line on stderr, exit code 2."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

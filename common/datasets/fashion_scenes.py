@@ -26,6 +26,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from common.cli import add_debug_flag, run_cli
+from common.datasets.errors import DatasetSettingsError
 from common.datasets.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 from common.datasets.palette import write_mask
 from common.datasets.scene_render import (
@@ -76,7 +78,7 @@ def scene_params(size: int, settings: dict) -> SceneParams:
     """Validated SceneParams; an unknown setting is an error listing the valid ones."""
     unknown = sorted(set(settings) - set(SceneParams.__dataclass_fields__))
     if unknown:
-        raise ValueError(
+        raise DatasetSettingsError(
             f"unknown FashionScenes setting(s) {unknown}; valid ones: "
             f"{sorted(SceneParams.__dataclass_fields__)} plus n_train, n_test, seed, "
             "workers, fashion_mnist_root, progress"
@@ -119,11 +121,13 @@ def _tasks(out: Path, counts: dict[str, int], seed: int, params: SceneParams, ro
 def _prepare_output(out: Path) -> Path:
     """Empty ``out`` of an earlier (possibly partial) set; refuse a folder holding other files."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"FashionScenes output {out} exists and is not a folder; pick another")
+        raise DatasetSettingsError(
+            f"FashionScenes output {out} exists and is not a folder; pick another"
+        )
     if out.is_dir():
         foreign = sorted(p.name for p in out.iterdir() if p.name not in _OUTPUT_NAMES)
         if foreign:
-            raise ValueError(
+            raise DatasetSettingsError(
                 f"FashionScenes output {out} holds files it did not write ({foreign[:5]}); "
                 "pick an empty or new folder so nothing of yours is overwritten"
             )
@@ -160,9 +164,11 @@ def generate_fashion_scenes(
     """Write a FashionScenes set to ``out`` and return it; ``scene_kwargs`` go to SceneParams."""
     params = scene_params(size, scene_kwargs)
     if n_train < 0 or n_test < 0 or n_train + n_test == 0:
-        raise ValueError(f"need n_train, n_test >= 0 and some scenes, got {n_train}, {n_test}")
+        raise DatasetSettingsError(
+            f"need n_train, n_test >= 0 and some scenes, got {n_train}, {n_test}"
+        )
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise DatasetSettingsError(f"workers must be >= 1, got {workers}")
     out = _prepare_output(Path(out))
     counts = {"train": n_train, "test": n_test}
     # Load in the parent so forked workers share the arrays instead of re-reading them.
@@ -291,7 +297,7 @@ def ensure_fashion_scenes(
         meta = json.loads(meta_path.read_text())
     diff = _signature_diff(meta, wanted)
     if diff:
-        raise ValueError(
+        raise DatasetSettingsError(
             f"{root} holds a FashionScenes set made with different settings "
             f"(found vs wanted: {diff}); delete the folder to regenerate it, or pass the "
             "settings it was made with, or point data.root to another folder"
@@ -385,11 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of the Fashion-MNIST IDX files (default: $FASHION_MNIST_ROOT, then "
         "/usr/share/datasets/fashion-mnist)",
     )
+    add_debug_flag(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point."""
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     generate_fashion_scenes(
@@ -407,6 +413,11 @@ def main(argv: list[str] | None = None) -> int:
         background=args.background,
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; a bad setting or output folder is one line on stderr, exit code 2."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

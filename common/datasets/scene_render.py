@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
+from common.datasets.errors import DatasetSettingsError
 from common.datasets.palette import IGNORE_INDEX
 
 BACKGROUNDS = ("texture", "mosaic")
@@ -55,30 +56,36 @@ class SceneParams:
         return out
 
     def validate(self) -> None:
-        """Raise ValueError on values that cannot render a scene."""
+        """Raise DatasetSettingsError on values that cannot render a scene."""
         if self.size < 16:
-            raise ValueError(f"scene size must be >= 16 px, got {self.size}")
+            raise DatasetSettingsError(f"scene size must be >= 16 px, got {self.size}")
         if not 0 < self.scale_min <= self.scale_max <= 1:
-            raise ValueError(
+            raise DatasetSettingsError(
                 f"need 0 < scale_min <= scale_max <= 1, got {self.scale_min}, {self.scale_max}"
             )
         if not 0.05 < self.background_max <= 1:
-            raise ValueError(
+            raise DatasetSettingsError(
                 f"background_max must be in (0.05, 1] (backgrounds start at 0.05), "
                 f"got {self.background_max}"
             )
         if self.background not in BACKGROUNDS:
-            raise ValueError(f"background must be one of {BACKGROUNDS}, got {self.background!r}")
+            raise DatasetSettingsError(
+                f"background must be one of {BACKGROUNDS}, got {self.background!r}"
+            )
         if self.background == "mosaic" and self.background_max != DEFAULT_BACKGROUND_MAX:
-            raise ValueError(
+            raise DatasetSettingsError(
                 "background_max applies to texture backgrounds only; mosaic cells always "
                 "span colour values 0.2-0.9"
             )
         probs = np.asarray(self.count_probs, dtype=float)
         if probs.ndim != 1 or len(probs) < 1 or (probs < 0).any() or abs(probs.sum() - 1) > 1e-6:
-            raise ValueError(f"count_probs must be non-negative and sum to 1, got {probs}")
+            raise DatasetSettingsError(
+                f"count_probs must be non-negative and sum to 1, got {probs}"
+            )
         if len(probs) - 1 > 10:
-            raise ValueError("at most 10 items (one per Fashion-MNIST class) fit in a scene")
+            raise DatasetSettingsError(
+                "at most 10 items (one per Fashion-MNIST class) fit in a scene"
+            )
 
     @property
     def min_visible(self) -> int:

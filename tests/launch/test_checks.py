@@ -7,10 +7,18 @@ from pathlib import Path
 import pytest
 
 from common.config import load_config, save_config
-from launch.__main__ import main
+from launch.__main__ import main as launch_main
 from launch.testing.cluster import unavailable_reason
 
 TINY = str(Path(__file__).with_name("pretrain_tiny.yaml"))
+
+
+def main(argv: list[str]) -> int | str | None:
+    """The exit code of ``python -m launch argv`` (an error exits through SystemExit)."""
+    try:
+        return launch_main(argv)
+    except SystemExit as exc:
+        return exc.code
 
 
 def _pipeline(tmp_path: Path, text: str) -> Path:

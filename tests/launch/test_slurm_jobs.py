@@ -157,7 +157,9 @@ def test_pipeline_chains_three_jobs_with_afterok_and_a_manifest(
 
     # Re-running skips completed stages; an artifact edited since is refused before submitting.
     (out / "pretrain" / "export" / "backbone.json").write_text("{}")
-    assert main([*args, *roots]) == 2
+    with pytest.raises(SystemExit) as refused:
+        main([*args, *roots])
+    assert refused.value.code == 2
     assert "changed after it was produced" in capsys.readouterr().err
     assert (
         json.loads((out / "manifest.json").read_text())["stages"]["distill"]["job_id"]
