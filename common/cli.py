@@ -36,9 +36,19 @@ def debug_requested(argv: Sequence[str]) -> bool:
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+def user_message(exc: BaseException) -> str:
+    """The error's message on one line, without the worker traceback a DataLoader adds."""
+    text = str(exc)
+    if "\nOriginal Traceback" in text:
+        # torch re-raises a worker's error with its traceback as the message; the original
+        # message is the text after the type on the last line.
+        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(text.split())
+
+
 def exit_with_error(exc: BaseException) -> NoReturn:
     """Print ``error: <message>`` (and ``hint: ...``) on stderr, log it to the files, exit 2."""
-    message = " ".join(str(exc).split())
+    message = user_message(exc)
     hint = getattr(exc, "hint", None)
     if logging.getLogger().handlers:  # else logging's last-resort handler would print it twice
         # The log file keeps the error too; the console gets the plain line below instead.

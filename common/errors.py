@@ -6,8 +6,13 @@ from __future__ import annotations
 class UserError(Exception):
     """A mistake in the user's input (config, data, checkpoint, cluster), or damage to it.
 
-    The message names the culprit (key, path or value) and the fix. ``hint``, when a
-    subclass or instance sets it, is printed as a second line.
+    The message names the culprit (key, path or value); ``hint``, when given, says the fix
+    and is printed as a second line.
     """
 
     hint: str | None = None
+
+    def __init__(self, *args: object, hint: str | None = None) -> None:
+        super().__init__(*args)
+        if hint is not None:
+            self.hint = hint

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from common.datasets.errors import DatasetNotFoundError
 from pretrain.augment import MultiCrop
 from pretrain.masking import BlockMaskGenerator, sample_masks
 
@@ -31,24 +32,8 @@ def _is_voc_layout(root: Path) -> bool:
 
 
 def load_unlabeled(data_cfg) -> Dataset:
-    """The training images: a VOC-layout split (FashionScenes, Pascal) or a plain image folder.
-
-    A missing ``data.root`` is generated as FashionScenes when ``data.generate_fashion_scenes``
-    is set (the embedded default), otherwise it is an error.
-    """
-    root = Path(data_cfg.root)
-    absent = not root.exists() or (root.is_dir() and not any(root.iterdir()))
-    if absent and not data_cfg.generate_fashion_scenes:
-        raise FileNotFoundError(
-            f"data.root {root} does not exist or is empty; point data.root at a folder of "
-            "images or a VOC-layout dataset, or set data.generate_fashion_scenes=true to "
-            "create FashionScenes there"
-        )
-    if absent:
-        from common.datasets.fashion_scenes import ensure_fashion_scenes
-
-        log.info("no dataset at %s: generating FashionScenes there (one-off, about a minute)", root)
-        ensure_fashion_scenes(root)
+    """The training images: a VOC-layout split (FashionScenes, Pascal) or a plain image folder."""
+    root = data_root(data_cfg)
     _warn_if_not_the_default_scenes(root)
     if _is_voc_layout(root):
         from common.datasets.voc import VOCSegmentation
@@ -56,7 +41,30 @@ def load_unlabeled(data_cfg) -> Dataset:
         return VOCSegmentation(root, data_cfg.split)
     from common.datasets.folder import ImageFolderUnlabeled
 
-    return ImageFolderUnlabeled(root, on_error=data_cfg.on_error)
+    return ImageFolderUnlabeled(root, on_corrupt=data_cfg.on_corrupt)
+
+
+def data_root(data_cfg) -> Path:
+    """``data.root``, with FashionScenes generated there only for the embedded default.
+
+    A missing or empty folder is generated when it is the default path, or when
+    ``data.generate_fashion_scenes`` asks for it; any other path the user named is an error,
+    so a typo never fills a folder of theirs with synthetic scenes.
+    """
+    root = Path(data_cfg.root)
+    if root.is_dir() and any(root.iterdir()):
+        return root
+    from common.datasets.fashion_scenes import ensure_fashion_scenes, is_default_root
+
+    if not (is_default_root(root) or data_cfg.generate_fashion_scenes):
+        state = "is an empty folder" if root.is_dir() else "does not exist"
+        raise DatasetNotFoundError(
+            f"data.root {root} {state}",
+            hint="point data.root at a folder of images or a VOC-layout dataset; to create "
+            "FashionScenes there, add data.generate_fashion_scenes=true",
+        )
+    log.info("no dataset at %s: generating FashionScenes there (one-off, about a minute)", root)
+    return ensure_fashion_scenes(root)
 
 
 def _warn_if_not_the_default_scenes(root: Path) -> None:

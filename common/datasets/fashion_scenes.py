@@ -42,6 +42,8 @@ from common.datasets.scene_render import (
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "fashion-scenes-v1"
+# The embedded default data.root of every stage: the only folder stages generate on their own.
+DEFAULT_ROOT = Path("data/fashion_scenes")
 # The VOC split each Fashion-MNIST split is written as.
 SPLITS = {"train": "train", "test": "val"}
 _SPLIT_CODE = {"train": 0, "test": 1}
@@ -56,6 +58,11 @@ _OUTPUT_NAMES = {
     "classes.txt.tmp",
     "meta.json.tmp",
 }
+
+
+def is_default_root(root: str | Path) -> bool:
+    """Whether ``root`` is the embedded default folder (relative to the working directory)."""
+    return Path(root).resolve() == DEFAULT_ROOT.resolve()
 
 
 def scene_id(split: str, index: int) -> str:

@@ -10,11 +10,13 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
+from common.config import ConfigError
 from common.datasets.errors import CorruptDataError, DatasetNotFoundError
 from common.datasets.items import load_rgb
 
 log = logging.getLogger(__name__)
 
+ON_CORRUPT = ("error", "skip")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 
@@ -37,23 +39,23 @@ def list_images(root: str | Path) -> list[Path]:
 class ImageFolderUnlabeled(Dataset):
     """Every image under ``root``; items are ``{"image": transform(PIL RGB), "path": str}``.
 
-    A corrupt or unreadable image is never silent: ``on_error='raise'`` raises
-    CorruptDataError naming it; ``'skip'`` logs a warning with its path, counts it in
-    ``.skipped`` and returns the next readable image instead.
+    A corrupt or unreadable image is never silent: ``on_corrupt='error'`` raises
+    CorruptDataError naming it; ``'skip'`` logs its path once (per process) with the count
+    skipped so far, and returns the next readable image instead.
     """
 
     def __init__(
         self,
         root: str | Path,
         transform: Callable[[Image.Image], Any] | None = None,
-        on_error: str = "skip",
+        on_corrupt: str = "error",
     ) -> None:
-        if on_error not in ("skip", "raise"):
-            raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        if on_corrupt not in ON_CORRUPT:
+            raise ConfigError(f"data.on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
         self.root = Path(root)
         self.paths = list_images(self.root)
         self.transform = transform
-        self.on_error = on_error
+        self.on_corrupt = on_corrupt
         self.skipped: list[Path] = []
 
     def __len__(self) -> int:
@@ -66,15 +68,9 @@ class ImageFolderUnlabeled(Dataset):
             try:
                 image = load_rgb(path)
             except (CorruptDataError, DatasetNotFoundError):
-                if self.on_error == "raise":
+                if self.on_corrupt == "error":
                     raise
-                if path not in self.skipped:
-                    self.skipped.append(path)
-                log.warning(
-                    "skipping unreadable image %s (%d skipped so far in this process)",
-                    path,
-                    len(self.skipped),
-                )
+                self._note_skipped(path)
                 continue
             return {
                 "image": self.transform(image) if self.transform is not None else image,
@@ -82,4 +78,14 @@ class ImageFolderUnlabeled(Dataset):
             }
         raise CorruptDataError(
             f"none of the {len(self.paths)} images under {self.root} can be read"
+        )
+
+    def _note_skipped(self, path: Path) -> None:
+        if path in self.skipped:
+            return
+        self.skipped.append(path)
+        log.warning(
+            "skipping unreadable image %s (data.on_corrupt=skip; %d skipped so far)",
+            path,
+            len(self.skipped),
         )

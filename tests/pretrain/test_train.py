@@ -167,9 +167,10 @@ def test_crop_not_divisible_by_patch(tiny_config, tmp_path):
 def test_empty_data_folder(tiny_config, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    cfg = tiny_config("dino", f"data.root={empty}", "data.generate_fashion_scenes=false")
-    with pytest.raises(FileNotFoundError, match="does not exist or is empty"):
+    cfg = tiny_config("dino", f"data.root={empty}")
+    with pytest.raises(FileNotFoundError, match=f"data.root {empty} is an empty folder"):
         run_stage("pretrain", run, cfg, tmp_path / "run")
+    assert not any(empty.iterdir())  # never filled with generated scenes
 
 
 def test_output_dir_with_other_config_is_refused(tiny_config, tmp_path):
