@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.layers import SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 
 from common.checkpoint import CheckpointError, atomic_torch_save, load_state_dict_strict
@@ -35,8 +36,10 @@ ARCH_PRESETS: dict[str, dict[str, int]] = {
 }
 
 STEMS = ("patch", "conv")  # ``model.stem`` values
-# Embedding layers by the name stored in the export's kwargs (``model.stem=conv``).
+# Layers by the name stored in the export's kwargs: ``model.stem=conv``, and DINOv2 ViT-g's
+# SwiGLU MLP (timm's packed form, with SiLU).
 EMBED_LAYERS = {"conv_stem": ConvStemEmbed}
+MLP_LAYERS = {"swiglu_packed": (SwiGLUPacked, "silu")}
 
 
 def backbone_kwargs(
@@ -99,6 +102,11 @@ def build_backbone(kwargs: dict) -> VisionTransformer:
                 f"{sorted(EMBED_LAYERS)}); the export comes from a newer or other version"
             )
         kwargs["embed_layer"] = EMBED_LAYERS[name]
+    mlp = kwargs.pop("mlp_layer", None)
+    if mlp is not None:
+        if mlp not in MLP_LAYERS:
+            raise CheckpointError(f"unknown mlp_layer {mlp!r} in the backbone kwargs")
+        kwargs["mlp_layer"], kwargs["act_layer"] = MLP_LAYERS[mlp]
     return VisionTransformer(**kwargs)
 
 
@@ -151,11 +159,33 @@ def resolve_export_dir(path: str | Path) -> Path:
     )
 
 
+def is_export(source: str | Path) -> bool:
+    """Whether ``source`` names an export folder or a run directory holding one."""
+    return not str(source).startswith("timm:") and Path(source).is_dir()
+
+
 def load_backbone(
-    path: str | Path, device: str | torch.device = "cpu"
+    source: str | Path, device: str | torch.device = "cpu", weights: str | None = None
 ) -> tuple[VisionTransformer, dict]:
-    """Rebuild an exported backbone (strict load), in eval mode; returns (model, info)."""
-    export_dir = resolve_export_dir(path)
+    """Any backbone, strictly loaded, in eval mode; returns (model, info as backbone.json).
+
+    ``source``: an export folder or run directory, ``timm:<name>`` (``weights`` = the file
+    when offline), or a DINO / DINOv2 / iBOT / MSN / timm checkpoint file.
+    """
+    if not is_export(source):
+        from common.backbone_sources import from_checkpoint_file, from_timm
+
+        if str(source).startswith("timm:"):
+            model, info = from_timm(str(source)[len("timm:") :], weights)
+        else:
+            if weights:
+                raise CheckpointError(
+                    f"backbone.weights={weights} is only for timm: names; backbone={source} "
+                    "already names the weights"
+                )
+            model, info = from_checkpoint_file(source)
+        return model.to(device).eval(), info
+    export_dir = resolve_export_dir(source)
     info = json.loads((export_dir / "backbone.json").read_text())
     if info.get("format") != EXPORT_FORMAT:
         raise CheckpointError(
@@ -168,9 +198,13 @@ def load_backbone(
     return model.to(device).eval(), info
 
 
-def backbone_hash(path: str | Path) -> str:
-    """A short content hash of an export (weights + kwargs) for cache keys."""
-    export_dir = resolve_export_dir(path)
+def backbone_hash(source: str | Path, weights: str | None = None) -> str:
+    """A short content hash of a backbone (weights + kwargs) for cache keys."""
+    if not is_export(source):
+        from common.backbone_sources import source_hash
+
+        return source_hash(str(source), weights)
+    export_dir = resolve_export_dir(source)
     h = hashlib.sha256()
     for name in ("backbone.json", "backbone.pth"):
         with open(export_dir / name, "rb") as fh:

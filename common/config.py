@@ -22,6 +22,9 @@ import yaml
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 # Keys whose default is a mapping that accepts new sub-keys (e.g. free-form kwargs).
 OPEN_KEY_MARKER = "_open"
+# A mapping whose default holds ``_shorthand: name`` also takes a plain value, which sets its
+# sub-key ``name``: ``backbone=PATH`` means ``backbone.source=PATH`` beside ``backbone.weights``.
+SHORTHAND_KEY_MARKER = "_shorthand"
 # YAML 1.1 reads "5e-4" (no dot) as a string; we read it as the float users mean.
 _SCI_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
@@ -137,6 +140,9 @@ def merge(
                 continue
             raise ConfigError(f"unknown config key '{path}' in {source}.{_suggest(path, root)}")
         default = out[key]
+        if isinstance(default, Mapping) and not isinstance(value, Mapping):
+            if default.get(SHORTHAND_KEY_MARKER):
+                value = {default[SHORTHAND_KEY_MARKER]: value}
         if isinstance(default, Mapping) and isinstance(value, Mapping):
             out[key] = merge(default, value, source, path + ".", root)
         else:

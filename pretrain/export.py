@@ -1,7 +1,12 @@
-"""``python -m pretrain.export RUN_DIR``: (re-)export the teacher backbone of a pretraining run.
+"""``python -m pretrain.export``: write a backbone in our export format.
 
-Reads ``checkpoints/last.pt`` (or ``--checkpoint``) and writes ``export/backbone.pth`` +
-``export/backbone.json``, loadable with ``common.backbone.load_backbone`` (strict).
+- ``RUN_DIR``: (re-)export the teacher of a pretraining run from ``checkpoints/last.pt`` (or
+  ``--checkpoint``) into ``RUN_DIR/export/``;
+- ``--from SOURCE --out DIR``: convert any backbone source (``timm:<name>``, a DINO / DINOv2 /
+  iBOT / MSN checkpoint file, an export) into ``DIR``.
+
+Both write ``backbone.pth`` (a timm ``VisionTransformer`` state dict) + ``backbone.json``
+(the kwargs that rebuild it), loadable with ``common.backbone.load_backbone`` (strict).
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ import logging
 import sys
 from pathlib import Path
 
-from common.backbone import export_backbone
+from common.backbone import export_backbone, load_backbone
 from common.checkpoint import CheckpointError, load_state_dict_strict, load_torch_file
+from common.cli import add_debug_flag, run_cli
 from common.config import to_config
 from common.rundir import RunDir, setup_logging
 from pretrain.model import Encoder
@@ -47,27 +53,47 @@ def export_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> Pat
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def export_source(source: str, out: str | Path, weights: str | None = None) -> Path:
+    """Convert any backbone source into an export folder ``out``."""
+    model, info = load_backbone(source, weights=weights)
+    out = export_backbone(model, info["timm_kwargs"], out, meta=info["meta"])
+    log.info("exported %s (%s) to %s", source, info["meta"].get("source_format", "export"), out)
+    return out
+
+
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pretrain.export",
-        description="Export the teacher backbone of a pretraining run as a timm state dict "
-        "plus its kwargs (RUN_DIR/export/), for distill and fewshot.",
+        description="Write a backbone as a timm state dict plus its kwargs (backbone.pth + "
+        "backbone.json), for distill, fewshot and any tool that reads timm weights. Either "
+        "RUN_DIR (a pretraining run: its teacher goes to RUN_DIR/export/) or --from SOURCE "
+        "--out DIR (SOURCE: timm:<name>, a DINO / DINOv2 / iBOT / MSN checkpoint file, or an "
+        "export).",
     )
-    parser.add_argument("run_dir", help="a `python -m pretrain` run directory")
+    parser.add_argument("run_dir", nargs="?", help="a `python -m pretrain` run directory")
     parser.add_argument(
         "--checkpoint",
         default=None,
         help="checkpoint to export (default RUN_DIR/checkpoints/last.pt)",
     )
+    parser.add_argument("--from", dest="source", default=None, help="backbone to convert")
+    parser.add_argument("--out", default=None, help="export folder to write (with --from)")
+    parser.add_argument(
+        "--weights", default=None, help="weights file for a timm: name (offline machines)"
+    )
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     setup_logging(None)
-    try:
+    if (args.source is None) == (args.run_dir is None):
+        parser.error("give either RUN_DIR or --from SOURCE --out DIR")
+    if args.source is not None:
+        if args.out is None:
+            parser.error("--from needs --out DIR (the export folder to write)")
+        export_source(args.source, args.out, args.weights)
+    else:
         export_run(args.run_dir, args.checkpoint)
-    except CheckpointError as exc:
-        log.error("%s", exc)
-        return 2
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))
