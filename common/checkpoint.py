@@ -1,15 +1,38 @@
-"""Atomic checkpoint files: a crash mid-write never leaves a broken ``last.pt``."""
+"""Checkpoint files: atomic writes, safe reads, and resume that survives a damaged ``last.pt``."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import pickle
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from common.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# What our checkpoints hold besides tensors and plain containers: NumPy's RNG state (an
+# array of uint32, common.runtime.rng_state) and NumPy scalars (e.g. a learning rate a
+# schedule computed with np.cos). These rebuild data only; anything else is refused.
+SAFE_GLOBALS = [
+    np._core.multiarray._reconstruct,
+    np._core.multiarray.scalar,
+    np.ndarray,
+    np.dtype,
+    *(type(np.dtype(t)) for t in (np.uint32, np.int64, np.float32, np.float64, np.bool_)),
+]
+
+
+# errno values of a write that ran out of room: no space left, disk quota exceeded.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -24,8 +47,16 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``."""
+    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``.
+
+    The previous ``path`` stays intact on any failure; a full disk is a CheckpointError
+    saying how much was written before it filled and how much is free.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -36,25 +67,89 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            raise CheckpointError(
+                f"disk full while writing {path}: more than {_mib(written)} needed, "
+                f"{_mib(shutil.disk_usage(path.parent).free)} free on that disk; the previous "
+                f"{path.name} is intact. Free space (or move --output-dir) and run again."
+            ) from None
         raise
     return path
 
 
 def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """Load a checkpoint, turning truncation/corruption into a CheckpointError."""
+    """``torch.load(weights_only=True)`` with our allowlist; a bad file -> CheckpointError.
+
+    A damaged file is named as such; one that needs arbitrary unpickling (code could run
+    while loading it) is refused.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # torch raises several types for a damaged zip/pickle
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if "Weights only load failed" not in str(exc) or found is None:
+            raise _unreadable(path, exc) from None
         raise CheckpointError(
-            f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}). It is probably "
-            "truncated; delete it to restart, or point at an older file in checkpoints/."
+            f"checkpoint {path} holds a {found.group(1)} object, which only arbitrary "
+            "unpickling can load (it could run code), so it is refused. labelfew's own "
+            "checkpoints and exports never need it: re-export the backbone "
+            "(python -m pretrain.export RUN_DIR) or load only files you wrote."
         ) from None
+    except Exception as exc:  # torch raises several types for a damaged zip/pickle
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    reason = " ".join(str(exc).split())[:200]
+    return CheckpointError(
+        f"checkpoint {path} is unreadable, probably truncated ({type(exc).__name__}: {reason})"
+    )
+
+
+def step_copies(ckpt_dir: str | Path) -> list[Path]:
+    """The rolling ``step_*.pt`` copies in ``ckpt_dir``, newest first."""
+    return sorted(Path(ckpt_dir).glob("step_*.pt"), reverse=True)
+
+
+def load_resume_checkpoint(
+    last: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[Any, Path] | None:
+    """The state a run resumes from and its file; None when the run has no checkpoint yet.
+
+    ``last`` is read first; when it is missing or damaged (a node died mid-copy, a full
+    disk), the newest readable ``step_*.pt`` beside a ``last.pt`` is used, with a warning
+    naming both. When none can be read the error names them all: a run with checkpoints
+    never silently starts from scratch.
+    """
+    last = Path(last)
+    fallbacks = step_copies(last.parent) if last.name == "last.pt" else []
+    candidates = ([last] if last.is_file() else []) + fallbacks
+    if not candidates:
+        return None
+    failed: list[tuple[Path, CheckpointError]] = []
+    for path in candidates:
+        try:
+            state = load_torch_file(path, map_location)
+        except CheckpointError as exc:
+            failed.append((path, exc))
+            continue
+        if path != last:
+            why = str(failed[0][1]) if failed else f"{last} is missing"
+            log.warning("%s; resuming from the older %s instead", why, path)
+        return state, path
+    names = " and ".join(str(p) for p, _ in failed)
+    raise CheckpointError(
+        f"no readable checkpoint to resume from: {names} cannot be loaded ({failed[0][1]}). "
+        f"Delete {last.parent} to start the run over, or use another --output-dir."
+    )
 
 
 def save_checkpoint(state: dict, ckpt_dir: str | Path, step: int, keep: int = 2) -> Path:
@@ -63,7 +158,7 @@ def save_checkpoint(state: dict, ckpt_dir: str | Path, step: int, keep: int = 2)
     last = atomic_torch_save(state, ckpt_dir / "last.pt")
     if keep > 0:
         atomic_torch_save(state, ckpt_dir / f"step_{step:08d}.pt")
-        for old in sorted(ckpt_dir.glob("step_*.pt"))[:-keep]:
+        for old in step_copies(ckpt_dir)[keep:]:
             old.unlink()
     return last
 

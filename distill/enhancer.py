@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.checkpoint import CheckpointError, atomic_torch_save, load_torch_file
+from common.checkpoint import CheckpointError, atomic_torch_save, load_resume_checkpoint
 from common.metrics import IGNORE_INDEX
 from common.optim import optimizer_step
 from common.preemption import Preempted, stop_requested
@@ -149,8 +149,9 @@ def train_enhancer(
     state["initial_iou"] = state["best_iou"]
     state["bad_evals"] = 0
     ckpt_path = Path(ckpt_path) if ckpt_path else None
-    if ckpt_path and ckpt_path.is_file():
-        ckpt = load_torch_file(ckpt_path)
+    found = load_resume_checkpoint(ckpt_path) if ckpt_path else None
+    if found is not None:
+        ckpt = found[0]
         if ckpt.get("in_channels") != inputs.shape[1] or ckpt.get("num_images") != n:
             raise CheckpointError(
                 f"enhancer checkpoint {ckpt_path} was trained with {ckpt.get('in_channels')} "

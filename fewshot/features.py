@@ -23,8 +23,9 @@ from common.backbone import (
     export_backbone,
     load_backbone,
     num_prefix_tokens,
+    source_of,
 )
-from common.checkpoint import CheckpointError, atomic_torch_save
+from common.checkpoint import CheckpointError, atomic_torch_save, load_torch_file
 from common.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def open_backbone(export: str | Path, device: torch.device) -> FrozenBackbone:
-    """``FrozenBackbone`` with a missing or mismatched export reported as a ConfigError."""
+def open_backbone(backbone_cfg, device: torch.device, stage: str) -> FrozenBackbone:
+    """``FrozenBackbone`` of a stage's ``backbone`` section; a bad one is a ConfigError."""
+    source, weights = source_of(backbone_cfg, stage)
     try:
-        return FrozenBackbone(export, device)
+        return FrozenBackbone(source, device, weights)
     except CheckpointError as exc:
-        raise ConfigError(f"backbone={export}: {exc}") from None
+        raise ConfigError(f"backbone={source}: {exc}") from None
 
 
 def normalisation(info: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,12 +54,14 @@ def normalisation(info: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class FrozenBackbone:
-    """An exported backbone in eval mode plus its hash, normalisation and geometry."""
+    """A backbone (any source) in eval mode plus its hash, normalisation and geometry."""
 
-    def __init__(self, export: str | Path, device: torch.device) -> None:
-        self.model, self.info = load_backbone(export, device)
+    def __init__(
+        self, source: str | Path, device: torch.device, weights: str | None = None
+    ) -> None:
+        self.model, self.info = load_backbone(source, device, weights)
         self.model.requires_grad_(False)
-        self.hash = backbone_hash(export)
+        self.hash = backbone_hash(source, weights)
         self.device = device
         self.mean, self.std = (t.to(device) for t in normalisation(self.info))
         kw = self.info["timm_kwargs"]
@@ -133,9 +137,9 @@ def cached(
     want = {"backbone_hash": bb_hash, **record}
     if path.is_file():
         try:
-            stored = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # a torn file from a killed run: rebuild it
-            log.warning("feature cache %s is unreadable (%s); rebuilding it", path, exc)
+            stored = load_torch_file(path)
+        except CheckpointError as exc:  # a torn file from a killed run: rebuild it
+            log.warning("feature cache %s cannot be used (%s); rebuilding it", path, exc)
         else:
             if stored.get("record") == want:
                 log.info("features from cache %s", path)

@@ -18,7 +18,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.checkpoint import atomic_torch_save, load_state_dict_strict, load_torch_file
+from common.checkpoint import (
+    atomic_torch_save,
+    load_resume_checkpoint,
+    load_state_dict_strict,
+    load_torch_file,
+    save_checkpoint,
+)
 from common.optim import optimizer_step
 from common.preemption import Preempted, stop_requested
 from common.rundir import MetricsLogger
@@ -71,28 +77,28 @@ def train_head(
         lambda t: 0.5 * (1 + math.cos(math.pi * min(t, settings.max_steps) / settings.max_steps)),
     )
     step, best, best_step, seconds = 0, -1.0, 0, 0.0
-    if last.is_file():
-        state = load_torch_file(last)
-        load_state_dict_strict(model, state["model"], f"{tag} head checkpoint {last}")
+    found = load_resume_checkpoint(last)
+    if found is not None:
+        state, path = found
+        load_state_dict_strict(model, state["model"], f"{tag} head checkpoint {path}")
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, best, best_step = state["step"], state["best"], state["best_step"]
         seconds = state.get("seconds", 0.0)
-        log.info("%s: resumed from %s at step %d", tag, last, step)
+        log.info("%s: resumed from %s at step %d", tag, path, step)
 
     def save() -> None:
-        atomic_torch_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "step": step,
-                "best": best,
-                "best_step": best_step,
-                "seconds": seconds,
-            },
-            last,
-        )
+        state = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "step": step,
+            "best": best,
+            "best_step": best_step,
+            "seconds": seconds,
+        }
+        # One step copy beside last.pt: resume falls back to it if last.pt is damaged.
+        save_checkpoint(state, ckpt_dir, step, keep=1)
 
     bar = tqdm(total=settings.max_steps, initial=step, desc=f"train {tag}", leave=False)
     start = time.perf_counter() - seconds

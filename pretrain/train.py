@@ -17,8 +17,8 @@ from common import distributed as dist
 from common.backbone import export_backbone
 from common.checkpoint import (
     CheckpointError,
+    load_resume_checkpoint,
     load_state_dict_strict,
-    load_torch_file,
     save_checkpoint,
 )
 from common.config import ConfigError, to_dict
@@ -156,12 +156,12 @@ class Trainer:
         dist.barrier()
 
     def resume(self) -> bool:
-        path = self.run.last_checkpoint
-        if not path.is_file():
-            return False
         # To CPU: load_state_dict copies onto each parameter's device, while AdamW's step
         # counters must stay on the CPU (on the GPU each step would sync on them).
-        state = load_torch_file(path)
+        found = load_resume_checkpoint(self.run.last_checkpoint)
+        if found is None:
+            return False
+        state, path = found
         load_state_dict_strict(self.model, state["model"], f"checkpoint {path}")
         try:
             self.optimizer.load_state_dict(state["optimizer"])

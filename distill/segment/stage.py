@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common.backbone import load_backbone
-from common.checkpoint import CheckpointError, load_torch_file, save_checkpoint
+from common.backbone import check_input_size, load_backbone, source_of
+from common.checkpoint import CheckpointError, load_resume_checkpoint, save_checkpoint
 from common.config import Config, ConfigError
 from common.datasets.voc import VOCSegmentation
 from common.metrics import IGNORE_INDEX, SegmentationMeter
@@ -80,17 +80,18 @@ def train_model(
     scd = SCDLoss(cfg.scd.num_points) if cfg.scd.weight > 0 else None
     step = 0
     last = ckpt_dir / "last.pt"
-    if last.is_file():
-        ckpt = load_torch_file(last)
+    found = load_resume_checkpoint(last)
+    if found is not None:
+        ckpt, path = found
         if ckpt.get("tag") != tag:
-            raise CheckpointError(f"{last} belongs to the {ckpt.get('tag')!r} model, not {tag!r}")
+            raise CheckpointError(f"{path} belongs to the {ckpt.get('tag')!r} model, not {tag!r}")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         gen.set_state(ckpt["gen"])
         set_rng_state(ckpt["rng"])
         step = ckpt["step"]
-        log.info("%s: resumed from %s at step %d", tag, last, step)
+        log.info("%s: resumed from %s at step %d", tag, path, step)
 
     def save() -> None:
         state = {
@@ -102,7 +103,8 @@ def train_model(
             "rng": rng_state(),
             "step": step,
         }
-        save_checkpoint(state, ckpt_dir, step, keep=0)
+        # One step copy beside last.pt: resume falls back to it if last.pt is damaged.
+        save_checkpoint(state, ckpt_dir, step, keep=1)
 
     bar = tqdm(total=max_steps, initial=step, desc=f"train {tag}", leave=False)
     model.train()
@@ -220,7 +222,9 @@ def plot_confusion(confusion: np.ndarray, names: list[str], path: Path) -> None:
 
 
 def _train_and_eval(cfg, run, tag, train_ds, eval_ds, device, metrics) -> dict:
-    backbone, _ = load_backbone(cfg.backbone, device)
+    source, weights = source_of(cfg.backbone, "distill.segment")
+    backbone, info = load_backbone(source, device, weights)
+    check_input_size(info, cfg.data.image_size, "data.image_size")
     torch.manual_seed(cfg.seed)
     model = SegmentationModel(
         backbone, train_ds.num_classes, cfg.model.channels, cfg.model.freeze_backbone
@@ -252,8 +256,7 @@ def _train_and_eval(cfg, run, tag, train_ds, eval_ds, device, metrics) -> dict:
 
 def run(cfg: Config, run: RunDir) -> dict:
     """Train on pseudo-masks (and on GT with ``compare_gt``), evaluate, write the report."""
-    if not cfg.backbone:
-        raise ConfigError("distill.segment needs backbone=RUN_DIR/export (an exported backbone)")
+    source_of(cfg.backbone, "distill.segment")
     if not cfg.pseudo_masks:
         raise ConfigError(
             "distill.segment needs pseudo_masks=<distill run>/pseudo_masks/weak (or mixed)"

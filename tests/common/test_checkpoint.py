@@ -1,5 +1,6 @@
 """Atomic checkpoint writes and clear errors for unreadable or mismatched checkpoints."""
 
+import errno
 import multiprocessing as mp
 import os
 import signal
@@ -11,6 +12,7 @@ import torch
 from common.checkpoint import (
     CheckpointError,
     atomic_torch_save,
+    load_resume_checkpoint,
     load_state_dict_strict,
     load_torch_file,
     save_checkpoint,
@@ -41,12 +43,72 @@ def test_crash_mid_write_leaves_previous_last_loadable(tmp_path):
     assert all(p.name.endswith(".tmp") for p in leftovers)
 
 
+def test_disk_full_keeps_the_previous_file_and_says_how_much_space(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    atomic_torch_save({"step": 1}, path)
+
+    def fill_the_disk(obj, fh) -> None:  # a real full disk cannot be made in a test
+        fh.write(b"x" * 3 * 2**20)
+        fh.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", fill_the_disk)
+    with pytest.raises(
+        CheckpointError, match=r"disk full while writing .*last.pt: more than 3.0 MiB"
+    ):
+        atomic_torch_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert load_torch_file(path) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
+
+
 def test_truncated_checkpoint_gives_clear_error(tmp_path):
     path = tmp_path / "last.pt"
     atomic_torch_save({"w": torch.randn(1000)}, path)
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(CheckpointError, match="truncated"):
         load_torch_file(path)
+
+
+class _MakesADirectory:
+    """Unpickling this object calls os.mkdir: what a malicious checkpoint would do."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def test_a_file_needing_arbitrary_unpickling_is_refused_not_run(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"w": torch.zeros(1), "x": _MakesADirectory(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match=r"evil.pt holds a posix.mkdir object.*refused"):
+        load_torch_file(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def _damage(path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def test_resume_falls_back_to_the_newest_readable_step_copy(tmp_path, caplog):
+    for step in (1, 2, 3):
+        save_checkpoint({"step": step}, tmp_path, step, keep=2)
+    _damage(tmp_path / "last.pt")
+    _damage(tmp_path / "step_00000003.pt")
+    state, path = load_resume_checkpoint(tmp_path / "last.pt")
+    assert (state["step"], path.name) == (2, "step_00000002.pt")
+    assert "last.pt" in caplog.text and "step_00000002.pt" in caplog.text
+
+
+def test_resume_with_no_readable_checkpoint_names_them_all(tmp_path):
+    assert load_resume_checkpoint(tmp_path / "last.pt") is None  # a new run
+    save_checkpoint({"step": 1}, tmp_path, 1, keep=1)
+    _damage(tmp_path / "last.pt")
+    _damage(tmp_path / "step_00000001.pt")
+    with pytest.raises(CheckpointError, match=r"last.pt and .*step_00000001.pt cannot be loaded"):
+        load_resume_checkpoint(tmp_path / "last.pt")
 
 
 def test_rolling_checkpoints_keep_the_latest(tmp_path):

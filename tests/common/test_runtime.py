@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.checkpoint import atomic_torch_save, load_torch_file
 from common.runtime import rng_state, set_rng_state
 
 
@@ -19,8 +20,8 @@ def _draws() -> tuple:
 def test_restored_state_repeats_every_generator(tmp_path):
     state = rng_state()
     first = _draws()
-    torch.save(state, tmp_path / "rng.pt")
-    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=False))
+    atomic_torch_save(state, tmp_path / "rng.pt")
+    set_rng_state(load_torch_file(tmp_path / "rng.pt"))  # weights_only, with our allowlist
     assert _draws() == first
 
 
@@ -29,8 +30,8 @@ def test_state_loaded_onto_the_gpu_is_restored(tmp_path):
     # A resume loads its checkpoint with map_location=cuda; torch wants CPU byte tensors.
     state = rng_state()
     first = _draws()
-    torch.save(state, tmp_path / "rng.pt")
-    loaded = torch.load(tmp_path / "rng.pt", map_location="cuda", weights_only=False)
+    atomic_torch_save(state, tmp_path / "rng.pt")
+    loaded = load_torch_file(tmp_path / "rng.pt", map_location="cuda")
     assert loaded["torch"].device.type == "cuda"
     set_rng_state(loaded)
     assert _draws() == first
