@@ -23,6 +23,7 @@ from timm.layers import SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 
 from common.checkpoint import CheckpointError, atomic_torch_save, load_state_dict_strict
+from common.config import ConfigError
 from common.conv_stem import ConvStemEmbed, conv_stem_steps
 
 EXPORT_FORMAT = "labelfew-backbone-v1"
@@ -157,6 +158,37 @@ def resolve_export_dir(path: str | Path) -> Path:
         f"no exported backbone at {path} (expected backbone.json and backbone.pth there or in "
         f"{path / 'export'}). Run `python -m pretrain.export RUN_DIR` on a pretraining run."
     )
+
+
+# The three ways to name a backbone, for errors and --help.
+BACKBONE_HELP = (
+    "backbone=RUN_DIR or EXPORT_DIR (ours); backbone=timm:<name> such as "
+    "timm:vit_small_patch16_224.dino (offline: add backbone.weights=FILE); or backbone=FILE, "
+    "an original DINO / DINOv2 / iBOT / MSN checkpoint"
+)
+
+
+def source_of(backbone_cfg: Any, stage: str) -> tuple[str, str | None]:
+    """(source, weights) of a stage's ``backbone`` config section; a missing one is named."""
+    source, weights = backbone_cfg.get("source"), backbone_cfg.get("weights")
+    if not source:
+        raise ConfigError(f"{stage} needs a backbone: {BACKBONE_HELP}")
+    return str(source), (str(weights) if weights else None)
+
+
+def check_input_size(info: dict, size: int | Sequence[int] | None, key: str) -> None:
+    """Inputs must tile into whole patches: the patch grid is what every stage maps back.
+
+    ``size`` is a side, [h, w], or None (images keep their files' size: not checked here).
+    """
+    patch = int(info["timm_kwargs"]["patch_size"])
+    for side in [] if size is None else [size] if isinstance(size, int) else size:
+        if side % patch:
+            lower = side - side % patch
+            raise ConfigError(
+                f"{key}={size} is not a multiple of the backbone's patch size {patch}; use "
+                f"e.g. {key}={lower or patch} or {key}={lower + patch}"
+            )
 
 
 def is_export(source: str | Path) -> bool:

@@ -121,7 +121,7 @@ def _backbone_prefix(keys: list[str], path: Path) -> str:
 def _group(key: str, prefix: str) -> str:
     """``module.head.mlp.0.weight`` outside ``module.backbone.`` -> ``module.head.*``."""
     parts, pre = key.split("."), prefix.split(".")
-    n = next((i for i, (a, b) in enumerate(zip(parts, pre)) if a != b), len(pre) - 1)
+    n = next((i for i, (a, b) in enumerate(zip(parts, pre, strict=False)) if a != b), len(pre) - 1)
     return ".".join(parts[: n + 1]) + (".*" if n + 1 < len(parts) else "")
 
 

@@ -140,9 +140,9 @@ def merge(
                 continue
             raise ConfigError(f"unknown config key '{path}' in {source}.{_suggest(path, root)}")
         default = out[key]
-        if isinstance(default, Mapping) and not isinstance(value, Mapping):
-            if default.get(SHORTHAND_KEY_MARKER):
-                value = {default[SHORTHAND_KEY_MARKER]: value}
+        shorthand = default.get(SHORTHAND_KEY_MARKER) if isinstance(default, Mapping) else None
+        if shorthand and not isinstance(value, Mapping):
+            value = {shorthand: value}
         if isinstance(default, Mapping) and isinstance(value, Mapping):
             out[key] = merge(default, value, source, path + ".", root)
         else:

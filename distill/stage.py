@@ -8,8 +8,8 @@ import time
 
 import torch
 
-from common.backbone import build_backbone, load_backbone
-from common.config import Config, ConfigError
+from common.backbone import build_backbone, check_input_size, load_backbone, source_of
+from common.config import Config
 from common.datasets.voc import VOCSegmentation
 from common.metrics import IGNORE_INDEX
 from common.preemption import Preempted, stop_requested
@@ -215,14 +215,11 @@ def _figures(cfg: Config, run: RunDir, labeler: PseudoLabeler, cache: list, pool
 
 def run(cfg: Config, run: RunDir) -> dict:
     """Write pseudo-masks (weak, and mixed with the enhancer) for the train split and report."""
-    if not cfg.backbone:
-        raise ConfigError(
-            "distill needs an exported backbone: pass backbone=RUN_DIR/export (a pretrain run "
-            "directory or its export/ folder)"
-        )
+    source, weights = source_of(cfg.backbone, "distill")
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
-    model, info = load_backbone(cfg.backbone, device)
+    model, info = load_backbone(source, device, weights)
+    check_input_size(info, cfg.data.image_size, "data.image_size")
     check_attention_access(model)
     train_ds = VOCSegmentation(cfg.data.root, cfg.data.train_split, image_size=cfg.data.image_size)
     eval_ds = VOCSegmentation(cfg.data.root, cfg.data.eval_split, image_size=cfg.data.image_size)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.backbone import check_input_size, source_of
 from common.config import Config, ConfigError
 from common.datasets import folds
 from common.datasets.errors import DatasetNotFoundError
@@ -73,8 +74,7 @@ def check_setting(cfg: Config) -> tuple[list[int], list[int]]:
         )
     if cfg.shot < 1:
         raise ConfigError(f"shot must be >= 1, got {cfg.shot}")
-    if cfg.backbone is None:
-        raise ConfigError("backbone=<pretrain run dir or export dir> is required")
+    source_of(cfg.backbone, "fewshot")
     return test_classes, train_classes
 
 
@@ -265,7 +265,8 @@ def run(cfg: Config, run: RunDir) -> dict:
     class_names = base_dataset(train_ds).class_names
     num_classes = len(class_names)
 
-    backbones = {"head": open_backbone(cfg.backbone, device)}
+    backbones = {"head": open_backbone(cfg.backbone, device, "fewshot")}
+    check_input_size(backbones["head"].info, cfg.data.image_size, "data.image_size")
     if cfg.baselines.random_backbone:
         rand_dir = random_export(backbones["head"], run.root / "random_backbone", cfg.seed)
         backbones["random_head"] = FrozenBackbone(rand_dir, device)

@@ -34,7 +34,7 @@ from launch.job import StageJob
 from launch.manifest import Manifest, now, sha256_path
 from launch.options import load_launch_options, split_overrides
 from launch.slurm import LaunchError, cancel
-from launch.stages import ARTIFACT_KEYS, artifact_path, check_stage
+from launch.stages import ARTIFACT_KEYS, artifact_path, artifact_value, check_stage
 from launch.submit import (
     Submitted,
     check_artifacts,
@@ -179,8 +179,9 @@ def plan(
         check_artifacts(f"pipeline stage '{name}'", cfg, skip=list(consumes))
         # Artifacts named directly (not produced here) are recorded too: a later change is seen.
         for key in ARTIFACT_KEYS:
-            if cfg.get(key) and key not in consumes:
-                consumes[key] = {"path": str(cfg[key]), "producer": None, "artifact": key}
+            path = artifact_value(cfg, key)
+            if path and key not in consumes:
+                consumes[key] = {"path": path, "producer": None, "artifact": key}
         cfg_obj = to_config(cfg)
         if not force:
             check_run_dir(run_dir, stage, cfg_obj)

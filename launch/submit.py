@@ -18,7 +18,7 @@ from launch.manifest import now
 from launch.options import EXECUTORS, sbatch_parameters, time_minutes
 from launch.records import SUBMITIT_DIR, add_job, job_state
 from launch.slurm import TERMINAL, LaunchError, job_infos, require_slurm, test_submission
-from launch.stages import ARTIFACT_KEYS
+from launch.stages import ARTIFACT_KEYS, artifact_value
 
 log = logging.getLogger(__name__)
 LOCAL_DEFAULT_MINUTES = 7 * 24 * 60
@@ -67,8 +67,8 @@ def check_run_dir(run_dir: Path, stage: str, cfg: Config) -> None:
 def check_artifacts(stage: str, cfg: Mapping, skip: Sequence[str] = ()) -> None:
     """Artifact paths in the config (backbone, pseudo_masks) must exist before submitting."""
     for key in ARTIFACT_KEYS:
-        value = cfg.get(key)
-        if value and key not in skip and not Path(str(value)).exists():
+        value = artifact_value(cfg, key)
+        if value and key not in skip and not Path(value).exists():
             raise LaunchError(
                 f"{stage}: {key}={value} does not exist. Point it at the artifact of an earlier "
                 "run (a pretrain run's export/, a distill run's pseudo_masks/), or run that stage "

@@ -105,7 +105,13 @@ def _main(argv: list[str]) -> int:
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
     )
     parser.add_argument(
-        "--checkpoint", required=True, help="an export folder or a pretraining run directory"
+        "--checkpoint",
+        required=True,
+        help="the backbone: a pretraining run directory or its export/ folder, timm:<name>, "
+        "or a DINO / DINOv2 / iBOT / MSN checkpoint file",
+    )
+    parser.add_argument(
+        "--weights", default=None, help="weights file of a timm: name (offline machines)"
     )
     parser.add_argument("--images", nargs="+", required=True, help="image files to visualise")
     parser.add_argument("--out", required=True, help="folder for the PNG grids")
@@ -120,7 +126,7 @@ def _main(argv: list[str]) -> int:
     if not 0 < args.mass <= 1:
         parser.error(f"--mass must be in (0, 1], got {args.mass}")
     setup_logging(None)
-    model, info = load_backbone(args.checkpoint)
+    model, info = load_backbone(args.checkpoint, weights=args.weights)
     size = args.size or int(info["timm_kwargs"]["img_size"])
     patch = int(info["timm_kwargs"]["patch_size"])
     if size % patch:

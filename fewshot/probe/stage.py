@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.backbone import check_input_size, source_of
 from common.config import Config, ConfigError
 from common.datasets.voc import labels_of_mask
 from common.rundir import RunDir
@@ -106,8 +107,7 @@ def probe_data(train_ds, test_ds, size: int) -> ProbeData:
 
 
 def run(cfg: Config, run: RunDir) -> dict:
-    if cfg.backbone is None:
-        raise ConfigError("backbone=<pretrain run dir or export dir> is required")
+    source_of(cfg.backbone, "fewshot.probe")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -123,7 +123,8 @@ def run(cfg: Config, run: RunDir) -> dict:
         len(data.scenes["train"]),
         len(data.scenes["test"]),
     )
-    backbones = {"backbone": open_backbone(cfg.backbone, device)}
+    backbones = {"backbone": open_backbone(cfg.backbone, device, "fewshot.probe")}
+    check_input_size(backbones["backbone"].info, size, "data.image_size")
     if cfg.baselines.random_backbone:
         rand = random_export(backbones["backbone"], run.root / "random_backbone", cfg.seed)
         backbones["random_backbone"] = FrozenBackbone(rand, device)

@@ -83,7 +83,7 @@ def test_bad_inputs_fail_with_clear_messages(tmp_path, fashion_scenes_root, tiny
     base = [f"data.root={fashion_scenes_root}", *FAST, "quality.enabled=false"]
     with pytest.raises(SystemExit):
         stage_main("distill", run, "", ["--output-dir", str(tmp_path / "a"), *base])
-    assert "needs an exported backbone" in caplog.text
+    assert "distill needs a backbone: backbone=RUN_DIR" in caplog.text
     base.append(f"backbone={tiny_export}")
     with pytest.raises(ValueError, match="0 ground-truth images"):
         stage_main(

@@ -79,7 +79,7 @@ def test_fscs_cli_end_to_end(fashion_scenes_root, tiny_export, pseudo_masks, tmp
         (["shot=40"], "shot=40 needs 1 classes with at least 41 images each"),
         (["supervision=weak"], "needs pseudo-masks"),
         (["supervision=mixed", "pseudo_masks=/nonexistent"], "no 'mixed' pseudo-masks"),
-        (["backbone=/nonexistent"], "no exported backbone at /nonexistent"),
+        (["backbone=/nonexistent"], "backbone /nonexistent not found"),
     ],
 )
 def test_fscs_bad_settings_exit_with_a_message(
