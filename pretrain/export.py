@@ -43,6 +43,7 @@ def export_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> Pat
         int(cfg.crops.global_size),
         cfg.loss.ibot.weight > 0,
         cfg.loss.pixel.weight > 0,
+        kwargs=state.get("backbone_kwargs"),
     )
     prefix = "teacher."
     teacher_state = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}

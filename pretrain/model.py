@@ -20,6 +20,7 @@ from common.backbone import backbone_kwargs, build_backbone
 from common.distributed import all_reduce_mean, is_dist
 from pretrain.collapse import TeacherTargets, memax_term
 from pretrain.heads import DINOHead, PixelHead
+from pretrain.init import InitBackbone
 from pretrain.losses.dino import DINOLoss
 from pretrain.losses.ibot import IBOTPatchLoss
 from pretrain.losses.koleo import KoLeoLoss
@@ -68,13 +69,20 @@ class Encoder(nn.Module):
     """Backbone plus heads; the student additionally uses the mask token and pixel head."""
 
     def __init__(
-        self, model_cfg, heads_cfg, img_size: int, use_patch_head: bool, use_pixel_head: bool
+        self,
+        model_cfg,
+        heads_cfg,
+        img_size: int,
+        use_patch_head: bool,
+        use_pixel_head: bool,
+        kwargs: dict | None = None,
     ) -> None:
+        """``kwargs``: the backbone's timm kwargs when not the config's (``model.init``)."""
         super().__init__()
-        self.kwargs = backbone_kwargs_from_config(model_cfg, img_size)
+        self.kwargs = kwargs or backbone_kwargs_from_config(model_cfg, img_size)
         self.backbone = build_backbone(self.kwargs)
         dim = self.backbone.embed_dim
-        self.patch_size = int(model_cfg.patch_size)
+        self.patch_size = int(self.kwargs["patch_size"])
         self.prefix = int(self.backbone.num_prefix_tokens)
         cls = heads_cfg.cls
         self.cls_head = DINOHead(
@@ -155,7 +163,8 @@ class Encoder(nn.Module):
 class MetaArch(nn.Module):
     """Student, EMA teacher, collapse-avoidance state and loss terms of one run."""
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg, init: InitBackbone | None = None) -> None:
+        """``init``: the backbone both encoders start from (``model.init``); heads are fresh."""
         super().__init__()
         loss = cfg.loss
         self.loss_cfg = loss
@@ -174,8 +183,15 @@ class MetaArch(nn.Module):
                 f"{cfg.masking.share}; set masking.share > 0 (iBOT uses 0.5)"
             )
         self.student = Encoder(
-            cfg.model, cfg.heads, int(cfg.crops.global_size), self.use_ibot, self.use_pixel
+            cfg.model,
+            cfg.heads,
+            int(cfg.crops.global_size),
+            self.use_ibot,
+            self.use_pixel,
+            kwargs=init.kwargs if init else None,
         )
+        if init is not None:
+            self.student.backbone.load_state_dict(init.state, strict=True)
         self.teacher = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)
         self.teacher.eval()

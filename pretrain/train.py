@@ -27,6 +27,7 @@ from common.preemption import Preempted, stop_requested
 from common.rundir import MetricsLogger, RunDir
 from common.runtime import resolve_device, rng_state, set_rng_state
 from pretrain.data import MultiCropDataset, epoch_loader, load_unlabeled, steps_per_epoch
+from pretrain.init import load_init
 from pretrain.model import MetaArch
 from pretrain.schedules import build_schedules
 
@@ -72,6 +73,7 @@ class Trainer:
             )
         self.cfg = cfg
         self.run = run
+        self.init = load_init(cfg)  # before anything reads cfg.model: it sets the architecture
         self.device = resolve_device(cfg.device)
         if int(cfg.train.num_threads) > 0:
             torch.set_num_threads(int(cfg.train.num_threads))
@@ -96,7 +98,7 @@ class Trainer:
         self.schedules = build_schedules(
             t, cfg.loss, self.steps_per_epoch, self.batch_size * self.world
         )
-        self.model = MetaArch(cfg).to(self.device)
+        self.model = MetaArch(cfg, self.init).to(self.device)
         if t.compile:
             self.model.compile_encoders()
         self.student: torch.nn.Module = self.model.student
@@ -145,6 +147,7 @@ class Trainer:
             "rng": rng,
             "world_size": self.world,
             "config": to_dict(self.cfg),
+            "backbone_kwargs": self.model.student.kwargs,
         }
 
     def save(self) -> None:
@@ -341,7 +344,12 @@ class Trainer:
                 self.model.teacher.backbone,
                 self.model.student.kwargs,
                 self.run.export,
-                meta={"stage": "pretrain", "step": self.step, "config": to_dict(self.cfg)},
+                meta={
+                    "stage": "pretrain",
+                    "step": self.step,
+                    "config": to_dict(self.cfg),
+                    **(self.init.meta if self.init else {}),
+                },
             )
             log.info("exported the teacher backbone to %s", self.run.export)
             if self.probe is not None:
