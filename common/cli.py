@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
+from common.artifacts import check_run_inputs
 from common.config import CONFIG_ROOT, Config, ConfigError, load_config
 from common.errors import UserError
 from common.rundir import CONSOLE_SKIP, RunDir, prepare_run_dir, setup_logging
@@ -133,7 +134,9 @@ def run_stage(
         if rank == 0
         else RunDir(Path(output_dir))
     )
-    if rank != 0:
+    if rank == 0:
+        check_run_inputs(run.root, cfg, force=force)
+    else:
         run.make()
     setup_logging(run, rank=rank)
     seed_everything(int(cfg.seed) + rank)

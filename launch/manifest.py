@@ -9,7 +9,6 @@ under a lock with atomic writes.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import tempfile
@@ -19,31 +18,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from common.errors import UserError
+from common.artifacts import ArtifactError, sha256_path
 
 MANIFEST = "manifest.json"
 FORMAT = "labelfew-pipeline-manifest-v1"
-
-
-class ArtifactError(UserError, RuntimeError):
-    """A missing artifact, or one whose checksum changed after it was produced."""
-
-
-def sha256_path(path: str | Path) -> str:
-    """sha256 of a file, or of a folder's relative file names and contents (sorted)."""
-    path = Path(path)
-    if not path.exists():
-        raise ArtifactError(f"artifact not found: {path}")
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with file.open("rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                digest.update(block)
-        digest.update(b"\0")
-    return digest.hexdigest()
 
 
 def now() -> str:

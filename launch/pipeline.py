@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from common.artifacts import ARTIFACT_KEYS, artifact_value, sha256_path
 from common.config import (
     Config,
     ConfigError,
@@ -31,10 +32,10 @@ from common.config import (
     to_dict,
 )
 from launch.job import StageJob
-from launch.manifest import Manifest, now, sha256_path
+from launch.manifest import Manifest, now
 from launch.options import load_launch_options, split_overrides
 from launch.slurm import LaunchError, cancel
-from launch.stages import ARTIFACT_KEYS, artifact_path, artifact_value, check_stage
+from launch.stages import artifact_path, check_stage
 from launch.submit import (
     Submitted,
     check_artifacts,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Mapping
 from pathlib import Path
 
 from common.cli import StageFn
@@ -21,19 +20,6 @@ PRODUCES: dict[str, dict[str, str]] = {
     "fewshot": {"results": "results.json"},
     "fewshot/probe": {"results": "results.json"},
 }
-
-# Top-level config keys that name an artifact on disk (checked before anything is submitted).
-ARTIFACT_KEYS = ("backbone", "pseudo_masks")
-
-
-def artifact_value(cfg: Mapping, key: str) -> str | None:
-    """The path an artifact key names, or None (unset, or a ``timm:`` name: not a file)."""
-    value = cfg.get(key)
-    if isinstance(value, Mapping):  # backbone: {source, weights}
-        value = value.get("source")
-    if not value or str(value).startswith("timm:"):
-        return None
-    return str(value)
 
 
 class StageError(UserError, ValueError):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.artifacts import ARTIFACT_KEYS, artifact_value
 from common.config import Config, to_dict
 from common.preemption import Preempted
 from common.rundir import changed_config_keys
@@ -18,7 +19,6 @@ from launch.manifest import now
 from launch.options import EXECUTORS, sbatch_parameters, time_minutes
 from launch.records import SUBMITIT_DIR, add_job, job_state
 from launch.slurm import TERMINAL, LaunchError, job_infos, require_slurm, test_submission
-from launch.stages import ARTIFACT_KEYS, artifact_value
 
 log = logging.getLogger(__name__)
 LOCAL_DEFAULT_MINUTES = 7 * 24 * 60

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from common.artifacts import ArtifactError, sha256_path
 from common.rundir import MetricsLogger
-from launch.manifest import ArtifactError, Manifest, sha256_path
+from launch.manifest import Manifest
 from launch.report import flat_numbers, write_report
 from launch.sweep import parse_axes, point_name
 
