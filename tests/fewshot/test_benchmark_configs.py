@@ -47,3 +47,36 @@ def test_coco20i_preset(tmp_path, tiny_export):
     results = stage_main("fewshot", run, "test", argv)
     assert results["setting"]["test_classes"] == list(range(3, 81, 4))
     assert 0.0 <= results["test"]["1way"]["head"]["miou"] <= 1.0
+
+
+@pytest.fixture
+def dino_vits8_like(tmp_path):
+    """A tiny ViT with patch 8 saved as DINO's ``*_pretrain.pth`` (CST's backbone format)."""
+    from tests.fixtures.public_checkpoints import reference_vit, write
+
+    return write("dino_pretrain", reference_vit(patch=8, size=32), tmp_path / "dino_p8.pth")
+
+
+def test_cst_pascal_presets_chain_distill_to_weak_fscs(tmp_path, dino_vits8_like):
+    from distill.stage import run as distill_run
+
+    root = build_pascal_like(tmp_path / "voc", _classes("pascal", 0))
+    common = [f"data.root={root}", f"backbone={dino_vits8_like}", "data.image_size=32"]
+    distill_argv = ["--config", "cst_pascal", "--output-dir", str(tmp_path / "distill")]
+    distill_argv += [*common, "device=cpu", "quality.max_images=8", "figures.num_images=1"]
+    stage_main("distill", distill_run, "test", distill_argv)
+    argv = ["--config", "cst_pascal", "--output-dir", str(tmp_path / "run"), *common, *TINY]
+    argv += [f"pseudo_masks={tmp_path / 'distill'}", "fold=0", "way=2"]
+    results = stage_main("fewshot", run, "test", argv)
+    assert results["setting"]["supervision"] == "weak"
+    assert set(results["test"]) == {"1way", "2way"}
+
+
+def test_cst_coco_preset(tmp_path, dino_vits8_like):
+    pytest.importorskip("pycocotools")
+    root = build_coco_like(tmp_path / "coco", _classes("coco", 0))
+    argv = ["--config", "cst_coco", "--output-dir", str(tmp_path / "run")]
+    argv += [f"data.root={root}", f"backbone={dino_vits8_like}", "fold=0", *TINY]
+    results = stage_main("fewshot", run, "test", argv)
+    assert results["setting"]["supervision"] == "full"
+    assert 0.0 <= results["test"]["1way"]["head"]["miou"] <= 1.0
