@@ -33,13 +33,15 @@ def _is_voc_layout(root: Path) -> bool:
 
 def load_unlabeled(data_cfg) -> Dataset:
     """The training images: a VOC-layout split (FashionScenes, Pascal) or a plain image folder."""
+    from common.datasets.folder import ImageFolderUnlabeled, check_on_corrupt
+
+    check_on_corrupt(data_cfg.on_corrupt)  # before anything is generated or read
     root = data_root(data_cfg)
     _warn_if_not_the_default_scenes(root)
     if _is_voc_layout(root):
         from common.datasets.voc import VOCSegmentation
 
         return VOCSegmentation(root, data_cfg.split)
-    from common.datasets.folder import ImageFolderUnlabeled
 
     return ImageFolderUnlabeled(root, on_corrupt=data_cfg.on_corrupt)
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from common.backbone import load_backbone
 from common.config import Config
+from common.datasets.errors import CorruptDataError, DatasetNotFoundError
+from common.datasets.items import load_rgb
 from common.distributed import is_main_process
 from common.rundir import RunDir
 from pretrain.attention import write_attention_figures
@@ -18,10 +20,22 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def sample_images(root: Path, count: int) -> list[Path]:
-    """The first ``count`` image files under ``root`` (VOC layouts: from JPEGImages/)."""
+    """The first ``count`` readable image files under ``root`` (VOC layouts: JPEGImages/).
+
+    A figure is an illustration: an unreadable file is passed over with a warning naming it.
+    """
     folder = root / "JPEGImages" if (root / "JPEGImages").is_dir() else root
     files = (p for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES)
-    return list(islice(files, count))
+    return list(islice(filter(_readable, files), count))
+
+
+def _readable(path: Path) -> bool:
+    try:
+        load_rgb(path)
+    except (CorruptDataError, DatasetNotFoundError):
+        log.warning("attention figures: passing over unreadable image %s", path)
+        return False
+    return True
 
 
 def run(cfg: Config, run: RunDir) -> dict:

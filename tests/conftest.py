@@ -1,12 +1,16 @@
-"""Shared fixtures: small real datasets on disk (FashionScenes, Pascal VOC, COCO layouts)."""
+"""Shared fixtures: small real datasets on disk (FashionScenes, Pascal VOC, COCO layouts) and
+the local one-node SLURM cluster."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from common.datasets.fashion_scenes import generate_fashion_scenes
+from launch.testing.cluster import LocalSlurm, unavailable_reason
 from tests.fixtures.voc import build_voc
 
 # Small enough to generate in well under a second, big enough that every class appears in
@@ -35,3 +39,22 @@ def coco_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.fixtures.coco import build_coco
 
     return build_coco(tmp_path_factory.mktemp("coco"))
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[LocalSlurm]:
+    """The local SLURM cluster (started or reused); SLURM_CONF points every client at it."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    cluster = LocalSlurm()
+    with cluster.session():
+        old = os.environ.get("SLURM_CONF")
+        os.environ.update(cluster.env)
+        try:
+            yield cluster
+        finally:
+            if old is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = old

@@ -36,6 +36,12 @@ def list_images(root: str | Path) -> list[Path]:
     return files
 
 
+def check_on_corrupt(value: str) -> None:
+    """``data.on_corrupt`` must be ``error`` or ``skip``."""
+    if value not in ON_CORRUPT:
+        raise ConfigError(f"data.on_corrupt must be one of {ON_CORRUPT}, got {value!r}")
+
+
 class ImageFolderUnlabeled(Dataset):
     """Every image under ``root``; items are ``{"image": transform(PIL RGB), "path": str}``.
 
@@ -50,8 +56,7 @@ class ImageFolderUnlabeled(Dataset):
         transform: Callable[[Image.Image], Any] | None = None,
         on_corrupt: str = "error",
     ) -> None:
-        if on_corrupt not in ON_CORRUPT:
-            raise ConfigError(f"data.on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
+        check_on_corrupt(on_corrupt)
         self.root = Path(root)
         self.paths = list_images(self.root)
         self.transform = transform
