@@ -83,8 +83,9 @@ def _create_timm(name: str, weights: str | None):
         close = difflib.get_close_matches(arch, timm.list_models("vit_*"), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise CheckpointError(f"backbone=timm:{name}: timm has no model '{arch}'.{hint}")
+    # dynamic_img_size: the numerical check below runs at a small input size.
     if weights:
-        model = timm.create_model(name, pretrained=False, num_classes=0)
+        model = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True)
         state, fmt, _ = unwrap(read_checkpoint(weights), weights)
         what = f"backbone.weights={weights} (detected: {fmt}) for timm:{name}"
         try:
@@ -95,7 +96,7 @@ def _create_timm(name: str, weights: str | None):
         return model
     try:
         # Default num_classes: timm then loads strictly (it relaxes the check otherwise).
-        model = timm.create_model(name, pretrained=True)
+        model = timm.create_model(name, pretrained=True, dynamic_img_size=True)
     except Exception as exc:  # noqa: BLE001 - hub errors differ online, offline, gated
         raise CheckpointError(
             f"backbone=timm:{name}: timm could not get its pretrained weights "
@@ -117,8 +118,10 @@ def from_timm(name: str, weights: str | None = None) -> tuple[VisionTransformer,
     state = {k: v for k, v in src.state_dict().items() if not NOT_BACKBONE.match(k)}
     kwargs = infer_kwargs(state, num_heads=src.blocks[0].attn.num_heads)
     model = _rebuild(state, kwargs, f"timm:{name}")
-    # Guard against a kwarg the weights cannot reveal (e.g. a new block option).
-    x = torch.randn(1, kwargs["in_chans"], kwargs["img_size"], kwargs["img_size"])
+    # Guard against a kwarg the weights cannot reveal (e.g. a new block option); a 4x4 patch
+    # grid keeps it cheap for ViT-g on a CPU.
+    side = 4 * kwargs["patch_size"]
+    x = torch.randn(1, kwargs["in_chans"], side, side)
     with torch.no_grad():
         diff = (src.eval().forward_features(x) - model.forward_features(x)).abs().max().item()
     if diff > 1e-4:
