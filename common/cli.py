@@ -71,6 +71,18 @@ def run_cli(main: Callable[[list[str]], T], argv: Sequence[str] | None = None) -
         exit_with_error(exc)
 
 
+def _backbone_epilog(stage: str) -> str:
+    """The three ways to name a backbone, for the stages that read one (docs/backbones.md)."""
+    from common.backbone import BACKBONE_HELP
+
+    defaults = load_config(stage)
+    if "backbone" in defaults:
+        return f"\nThe backbone, three ways: {BACKBONE_HELP}."
+    if "init" in defaults.get("model", {}):
+        return f"\nmodel.init=SOURCE continues pretraining from a backbone: {BACKBONE_HELP}."
+    return ""
+
+
 def build_parser(stage: str, description: str) -> argparse.ArgumentParser:
     defaults = CONFIG_ROOT / stage / "default.yaml"
     presets = ", ".join(sorted(p.stem for p in defaults.parent.glob("*.yaml")))
@@ -84,6 +96,7 @@ def build_parser(stage: str, description: str) -> argparse.ArgumentParser:
             "Overrides are dotted key=value pairs parsed as YAML, e.g. train.lr=5e-4 "
             "train.max_steps=100 data.root=/data/scenes.\nUnknown keys and wrong types are "
             "errors that name the closest valid key."
+            + _backbone_epilog(stage)
         ),
     )
     parser.add_argument(

@@ -99,3 +99,13 @@ def test_input_size_off_the_patch_grid_is_named(public, fashion_scenes_root):
     assert (
         f"data.image_size={size + 2} is not a multiple of the backbone's patch size" in proc.stderr
     )
+
+
+@pytest.mark.parametrize(
+    "stage", ["distill", "distill/segment", "fewshot", "fewshot/probe", "pretrain"]
+)
+def test_help_names_the_three_ways_to_give_a_backbone(stage):
+    from common.cli import build_parser
+
+    text = build_parser(stage, "").format_help()
+    assert "timm:<name>" in text and "backbone.weights=FILE" in text and "DINOv2" in text
