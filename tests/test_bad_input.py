@@ -111,6 +111,23 @@ def pretrain_args(root: Path, out: Path, *extra: str) -> list[str]:
     return ["--config", str(PRETRAIN_TINY), "--output-dir", str(out), f"data.root={root}", *extra]
 
 
+class _MakesADirectory:
+    """Unpickling it calls os.mkdir: what a malicious checkpoint would do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def evil_checkpoint(tmp: Path) -> Path:
+    """A checkpoint that would create ``tmp/no_such`` if it were unpickled."""
+    path = tmp / "evil.pt"
+    torch.save({"step": 1, "model": _MakesADirectory(tmp / "no_such")}, path)
+    return path
+
+
 @dataclass
 class Case:
     """One mistake: the command (built from the fixtures), the culprits its error must name,
@@ -257,6 +274,14 @@ CASES = {
         lambda f, tmp: [str(f["images"]), "did not write"],
         lambda f, tmp: [f["images"]],
     ),
+    "export: no run there": Case(
+        lambda f, tmp: ["pretrain.export", str(tmp / "nope")],
+        lambda f, tmp: [str(tmp / "nope" / "checkpoints" / "last.pt")],
+    ),
+    "export: a checkpoint needing arbitrary unpickling": Case(
+        lambda f, tmp: ["pretrain.export", str(tmp), "--checkpoint", str(evil_checkpoint(tmp))],
+        lambda f, tmp: [str(tmp / "evil.pt"), "posix.mkdir", "refused"],
+    ),
     "launch: unknown stage": Case(
         lambda f, tmp: ["launch", "pretrian", "--output-dir", str(tmp / "run")],
         lambda f, tmp: ["pretrian", "pretrain"],
@@ -297,7 +322,7 @@ def test_a_mistake_is_one_line_naming_the_culprit(name: str, fixtures: dict, tmp
     proc = cli(*case.argv(fixtures, tmp_path))
     assert_one_error_line(proc, *case.culprits(fixtures, tmp_path))
     assert [snapshot(p) for p in inputs] == before, "an input folder was written to"
-    assert not (tmp_path / "no_such").exists()
+    assert not (tmp_path / "no_such").exists()  # neither created as data nor by unpickling
 
 
 def test_debug_flag_and_env_show_the_traceback(fashion_scenes_root: Path, tmp_path: Path):
