@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common.datasets.errors import DatasetNotFoundError
-from pretrain.augment import MultiCrop
+from pretrain.augment import CropParams, MultiCrop
 from pretrain.masking import BlockMaskGenerator, sample_masks
 
 log = logging.getLogger(__name__)
@@ -92,13 +92,16 @@ def _warn_if_not_the_default_scenes(root: Path) -> None:
         )
 
 
-def _image_of(item) -> torch.Tensor:
+def _decode(item) -> torch.Tensor:
+    """The uint8 [3, H, W] image of a dataset item (a float source is quantised like a file)."""
     image = item["image"] if isinstance(item, dict) else item
     if isinstance(image, (tuple, list)):
         image = image[0]
     if not isinstance(image, torch.Tensor):  # a PIL image
-        image = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
-    return image.float() / 255.0 if image.dtype == torch.uint8 else image
+        return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+    if image.dtype == torch.uint8:
+        return image
+    return (image * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -107,9 +110,22 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class MultiCropDataset(Dataset):
-    """Wraps an image dataset; item ``(epoch, i)`` is the crops and masks of image ``i``."""
+    """Wraps an image dataset; item ``(epoch, i)`` is the crops and masks of image ``i``.
 
-    def __init__(self, base: Dataset, crops_cfg, masking_cfg, patch_size: int, seed: int) -> None:
+    With ``on_device`` the item holds the uint8 image and each crop's drawn parameters
+    instead of the crops, for ``pretrain.device_augment.BatchedMultiCrop``; the draw is the
+    same either way, so both paths see the same boxes, flips, jitter and masks.
+    """
+
+    def __init__(
+        self,
+        base: Dataset,
+        crops_cfg,
+        masking_cfg,
+        patch_size: int,
+        seed: int,
+        on_device: bool = False,
+    ) -> None:
         if len(base) == 0:
             raise ValueError("the pretraining dataset is empty; check data.root and data.split")
         for size in (crops_cfg.global_size, crops_cfg.local_size):
@@ -121,6 +137,7 @@ class MultiCropDataset(Dataset):
                 )
         self.base = base
         self.crops = MultiCrop(crops_cfg)
+        self.on_device = on_device
         grid = crops_cfg.global_size // patch_size
         self.mask_gen = BlockMaskGenerator(
             (grid, grid), int(masking_cfg.min_patches), float(masking_cfg.min_aspect)
@@ -135,41 +152,82 @@ class MultiCropDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, index = key
         seed = sample_seed(self.seed, epoch, index)
-        image = _image_of(self.base[index])
+        image = _decode(self.base[index])
         # The per-sample seed must not disturb the training RNG when num_workers=0; seeding
         # the CPU generator directly is ~20x cheaper than torch.manual_seed / fork_rng.
         outer = torch.default_generator.get_state()
         torch.default_generator.manual_seed(seed)
         try:
-            globals_, locals_ = self.crops(image)
+            if self.on_device:
+                global_params, local_params = self.crops.draw(image)
+                item = {"image": image, "global_params": global_params}
+                item["local_params"] = local_params
+            else:
+                globals_, locals_ = self.crops(image.float() / 255.0)
+                item = {"global_crops": globals_, "local_crops": locals_}
         finally:
             torch.default_generator.set_state(outer)
         masks = sample_masks(
             self.mask_gen,
-            len(globals_),
+            self.crops.num_global,
             self.mask_share,
             self.mask_ratio,
             np.random.default_rng(seed),
         )
-        return {"global_crops": globals_, "local_crops": locals_, "masks": torch.from_numpy(masks)}
+        return {**item, "masks": torch.from_numpy(masks)}
 
 
-def collate_multicrop(samples: list[dict]) -> dict[str, torch.Tensor]:
+def _stack_views(samples: list[dict], key: str) -> torch.Tensor:
+    """``[V, B, ...]``: view ``v`` of every sample, view-major."""
+    views = len(samples[0][key])
+    return torch.stack([torch.stack([s[key][v] for s in samples]) for v in range(views)])
+
+
+def collate_multicrop(samples: list[dict]) -> dict:
     """Stack views: ``global_crops`` [G, B, 3, S, S], ``local_crops`` [L, B, 3, s, s], ``masks``
-    [G, B, h, w]."""
-    n_global = len(samples[0]["global_crops"])
-    n_local = len(samples[0]["local_crops"])
-    out = {
-        "global_crops": torch.stack(
-            [torch.stack([s["global_crops"][v] for s in samples]) for v in range(n_global)]
-        ),
-        "masks": torch.stack([s["masks"] for s in samples], dim=1),
-    }
-    if n_local:
-        out["local_crops"] = torch.stack(
-            [torch.stack([s["local_crops"][v] for s in samples]) for v in range(n_local)]
-        )
+    [G, B, h, w]. Device-path items give ``images`` [B, 3, H, W] uint8 and ``global_params`` /
+    ``local_params`` (see :func:`stack_params`) instead of the crops."""
+    out: dict = {"masks": torch.stack([s["masks"] for s in samples], dim=1)}
+    if "image" in samples[0]:
+        out["images"] = pad_images([s["image"] for s in samples])
+        for key in ("global_params", "local_params"):
+            views = len(samples[0][key])
+            if views:
+                out[key] = stack_params([s[key][v] for v in range(views) for s in samples])
+        return out
+    out["global_crops"] = _stack_views(samples, "global_crops")
+    if samples[0]["local_crops"]:
+        out["local_crops"] = _stack_views(samples, "local_crops")
     return out
+
+
+def pad_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """[B, 3, H, W] of the largest H and W, each image extended by repeating its last row and
+    column: a crop box never leaves its image, and interpolation at its edge reads the
+    repeated pixels, as it would read the clamped border of the image alone."""
+    height = max(im.shape[-2] for im in images)
+    width = max(im.shape[-1] for im in images)
+    out = torch.empty(len(images), 3, height, width, dtype=torch.uint8)
+    for i, im in enumerate(images):
+        rows = torch.arange(height).clamp(max=im.shape[-2] - 1)
+        cols = torch.arange(width).clamp(max=im.shape[-1] - 1)
+        out[i] = im[:, rows][:, :, cols] if im.shape[-2:] != (height, width) else im
+    return out
+
+
+def stack_params(params: list[CropParams]) -> dict[str, torch.Tensor]:
+    """Crop parameters as tensors, one row per crop: ``box`` [N, 4] (top, left, height,
+    width), ``flip`` [N], ``order`` [N, 4], ``factors`` [N, 4], ``gray`` [N], ``blur_sigma``
+    [N], ``solarize`` [N]."""
+    return {
+        "box": torch.tensor([p.box for p in params], dtype=torch.float32),
+        "flip": torch.tensor([p.flip for p in params]),
+        "order": torch.tensor([p.order for p in params]),
+        "factors": torch.tensor([p.factors for p in params], dtype=torch.float32),
+        "gray": torch.tensor([p.gray for p in params]),
+        "blur_sigma": torch.tensor([p.blur_sigma for p in params], dtype=torch.float64),
+        "solarize": torch.tensor([p.solarize for p in params]),
+    }
 
 
 class EpochSampler(Sampler):
@@ -223,8 +281,10 @@ def epoch_loader(
     rank: int = 0,
     world_size: int = 1,
     start_batch: int = 0,
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """The DataLoader for one epoch (masks are generated in its workers)."""
+    """The DataLoader for one epoch (masks are generated in its workers); ``pin_memory`` lets
+    the batch reach the GPU with a non-blocking copy."""
     sampler = EpochSampler(len(dataset), batch_size, epoch, seed, rank, world_size, start_batch)
     return DataLoader(
         dataset,
@@ -238,4 +298,5 @@ def epoch_loader(
         # resumed run (which builds one loader fewer) would drift from a straight one.
         generator=torch.Generator().manual_seed(seed * 1000 + epoch),
         prefetch_factor=4 if num_workers > 0 else None,
+        pin_memory=pin_memory,
     )
