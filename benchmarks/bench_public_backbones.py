@@ -50,7 +50,7 @@ def dinov2_layout(model) -> dict[str, torch.Tensor]:
         state["cls_token"] = state["cls_token"] - cls_pos
         state["pos_embed"] = torch.cat([cls_pos, state["pos_embed"]], dim=1)
     for k in [k for k in state if ".mlp.fc1." in k or ".mlp.fc2." in k]:
-        if "swiglu" in type(model.blocks[0].mlp).__name__.lower():
+        if type(model.blocks[0].mlp).__name__ == "GluMlp":  # timm's SwiGLUPacked
             state[k.replace("fc1", "w12").replace("fc2", "w3")] = state.pop(k)
     state["mask_token"] = torch.zeros(1, state["cls_token"].shape[-1])
     return state

@@ -198,11 +198,12 @@ def infer_kwargs(state: Mapping[str, torch.Tensor], num_heads: int | None = None
         kwargs["qk_norm"] = True
     if "norm_pre.weight" in state:
         kwargs["pre_norm"] = True
-    if "blocks.0.mlp.w12.weight" in state:
+    # SwiGLU (DINOv2 ViT-g): w12/w3 in DINOv2's names; in timm's, fc1 is twice fc2's input.
+    fc1 = state.get("blocks.0.mlp.w12.weight", state.get("blocks.0.mlp.fc1.weight"))
+    fc2 = state.get("blocks.0.mlp.w3.weight", state.get("blocks.0.mlp.fc2.weight"))
+    if fc1.shape[0] == 2 * fc2.shape[1]:
         kwargs["mlp_layer"] = "swiglu_packed"
-        kwargs["mlp_ratio"] = state["blocks.0.mlp.w12.weight"].shape[0] / dim
-    else:
-        kwargs["mlp_ratio"] = state["blocks.0.mlp.fc1.weight"].shape[0] / dim
+    kwargs["mlp_ratio"] = fc1.shape[0] / dim
     return kwargs
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from common.backbone import backbone_hash, load_backbone
+from common.backbone import backbone_hash, export_backbone, load_backbone
 from common.checkpoint import CheckpointError
 from common.checkpoint_formats import infer_kwargs, unwrap
 from tests.fixtures.public_checkpoints import FORMATS, SIZE, reference_vit, write
@@ -58,6 +58,18 @@ def test_dinov2_registers_are_not_patches(tmp_path):
     model, _ = load_backbone(write("dinov2_hub", ref, tmp_path / "v2.pth"))
     assert model.num_prefix_tokens == 5
     assert _features(model, 48).shape[1] == 5 + 6 * 6
+
+
+def test_dinov2_giant_swiglu_layout(tmp_path):
+    """ViT-g's SwiGLU MLP (w12 / w3 in DINOv2's names) is recognised and converted exactly."""
+    ref = reference_vit(registers=4, layer_scale=True, swiglu=True)
+    model, info = load_backbone(write("dinov2_hub", ref, tmp_path / "g.pth"))
+    assert info["timm_kwargs"]["mlp_layer"] == "swiglu_packed"
+    torch.testing.assert_close(_features(model, 48), _features(ref, 48), atol=1e-5, rtol=0)
+    # The export names the layer, so a fresh process rebuilds it from backbone.json.
+    export_backbone(model, info["timm_kwargs"], tmp_path / "export")
+    again, _ = load_backbone(tmp_path / "export")
+    torch.testing.assert_close(_features(again, 48), _features(ref, 48), atol=1e-5, rtol=0)
 
 
 def test_export_of_a_converted_checkpoint_round_trips_strictly(tmp_path):
