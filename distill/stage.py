@@ -220,6 +220,7 @@ def run(cfg: Config, run: RunDir) -> dict:
     device = resolve_device(cfg.device)
     model, info = load_backbone(source, device, weights)
     check_input_size(info, cfg.data.image_size, "data.image_size")
+    check_input_size(info, cfg.attention.image_size, "attention.image_size")
     check_attention_access(model)
     train_ds = VOCSegmentation(cfg.data.root, cfg.data.train_split, image_size=cfg.data.image_size)
     eval_ds = VOCSegmentation(cfg.data.root, cfg.data.eval_split, image_size=cfg.data.image_size)
