@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from common.config import ConfigError
 from common.datasets.errors import DatasetNotFoundError
 from pretrain.augment import CropParams, MultiCrop
 from pretrain.masking import BlockMaskGenerator, sample_masks
@@ -102,6 +103,18 @@ def _decode(item) -> torch.Tensor:
     if image.dtype == torch.uint8:
         return image
     return (image * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+AUGMENT_ON = ("worker", "device", "auto")
+
+
+def augment_on_device(augment_on: str, device: torch.device) -> bool:
+    """Whether ``data.augment_on`` puts the crops on the training device (auto: on CUDA)."""
+    if augment_on not in AUGMENT_ON:
+        raise ConfigError(
+            f"data.augment_on must be one of {', '.join(AUGMENT_ON)}, got {augment_on!r}"
+        )
+    return augment_on == "device" or (augment_on == "auto" and device.type == "cuda")
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -26,7 +26,14 @@ from common.optim import NonFiniteLossError
 from common.preemption import Preempted, stop_requested
 from common.rundir import MetricsLogger, RunDir
 from common.runtime import resolve_device, rng_state, set_rng_state
-from pretrain.data import MultiCropDataset, epoch_loader, load_unlabeled, steps_per_epoch
+from pretrain.data import (
+    MultiCropDataset,
+    augment_on_device,
+    epoch_loader,
+    load_unlabeled,
+    steps_per_epoch,
+)
+from pretrain.device_augment import BatchedMultiCrop
 from pretrain.init import load_init
 from pretrain.model import MetaArch
 from pretrain.schedules import build_schedules
@@ -86,13 +93,18 @@ class Trainer:
             )
         if t.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {t.on_nonfinite!r}")
+        on_device = augment_on_device(cfg.data.augment_on, self.device)
         self.dataset = MultiCropDataset(
             load_unlabeled(cfg.data),
             cfg.crops,
             cfg.masking,
             int(cfg.model.patch_size),
             int(cfg.seed),
+            on_device=on_device,
         )
+        self.pin_memory = on_device and self.device.type == "cuda"
+        self.augment = BatchedMultiCrop(cfg.crops).to(self.device)
+        log.info("multi-crop augmentation on the %s", "device" if on_device else "workers")
         self.batch_size = int(t.batch_size)
         self.steps_per_epoch = steps_per_epoch(len(self.dataset), self.batch_size, self.world)
         self.schedules = build_schedules(
@@ -204,6 +216,8 @@ class Trainer:
         """One optimisation step; returns its stats, or None when a non-finite step was skipped."""
         values = self.schedules.at(self.step)
         self._set_hparams(values)
+        if "images" in batch:  # data.augment_on=device: uint8 images + drawn crop parameters
+            batch = self.augment(batch)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(
             self.device.type,
@@ -284,6 +298,7 @@ class Trainer:
                 self.rank,
                 self.world,
                 start_batch,
+                pin_memory=self.pin_memory,
             )
             for batch in loader:
                 out = self.train_step(batch)
