@@ -22,7 +22,12 @@ import torch
 from timm.layers import SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 
-from common.checkpoint import CheckpointError, atomic_torch_save, load_state_dict_strict
+from common.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    atomic_write,
+    load_state_dict_strict,
+)
 from common.config import ConfigError
 from common.conv_stem import ConvStemEmbed, conv_stem_steps
 
@@ -142,9 +147,8 @@ def export_backbone(
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     atomic_torch_save(state, export_dir / "backbone.pth")
     info = {"format": EXPORT_FORMAT, "timm_kwargs": kwargs, "meta": meta or {}}
-    tmp = export_dir / ".backbone.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(export_dir / "backbone.json")
+    text = json.dumps(info, indent=2).encode()
+    atomic_write(export_dir / "backbone.json", lambda fh: fh.write(text))
     return export_dir
 
 

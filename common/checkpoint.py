@@ -9,8 +9,9 @@ import pickle
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -52,7 +53,12 @@ def _mib(size: int) -> str:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``.
+    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``."""
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """``write(fh)`` into a temp file in the same folder, fsync, then rename over ``path``.
 
     The previous ``path`` stays intact on any failure; a full disk is a CheckpointError
     saying how much was written before it filled and how much is free.
@@ -62,7 +68,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 
 from common.artifacts import check_run_inputs
-from common.config import CONFIG_ROOT, Config, ConfigError, load_config
+from common.config import CONFIG_ROOT, Config, load_config
 from common.errors import UserError
 from common.rundir import CONSOLE_SKIP, RunDir, prepare_run_dir, setup_logging
 from common.runtime import seed_everything
@@ -20,8 +20,6 @@ log = logging.getLogger(__name__)
 StageFn = Callable[[Config, RunDir], dict]
 T = TypeVar("T")
 DEBUG_ENV = "LABELFEW_DEBUG"
-# Errors whose message is the whole story: a user mistake or damaged input, never a bug.
-EXPECTED_ERRORS = (UserError, ConfigError)
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +63,7 @@ def run_cli(main: Callable[[list[str]], T], argv: Sequence[str] | None = None) -
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         return main(args)
-    except EXPECTED_ERRORS as exc:
+    except UserError as exc:  # a user mistake or damaged input: the message is the story
         if debug_requested(args):
             raise
         exit_with_error(exc)

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from common.errors import UserError
+
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 # Keys whose default is a mapping that accepts new sub-keys (e.g. free-form kwargs).
 OPEN_KEY_MARKER = "_open"
@@ -29,7 +31,7 @@ SHORTHAND_KEY_MARKER = "_shorthand"
 _SCI_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be applied; the message says how to fix it."""
 
 

@@ -93,3 +93,42 @@ def test_capture_hooks_are_removed_after_the_context():
         model.forward_features(torch.randn(1, 3, 32, 32))
     assert set(store) == {0, 1}
     assert not model.blocks[0].attn._forward_pre_hooks
+
+
+def test_export_on_a_full_disk_keeps_the_previous_export(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import common.checkpoint
+
+    model = build_backbone(tiny_kwargs())
+    export_backbone(model, tiny_kwargs(), tmp_path, meta={"step": 1})
+    real_fdopen = os.fdopen
+
+    class JsonFillsTheDisk:  # a real full disk cannot be made in a test
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def write(self, data):
+            if bytes(data[:1]) != b"{":  # torch.save's zip goes through
+                return self.fh.write(data)
+            self.fh.write(data[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(
+        common.checkpoint.os, "fdopen", lambda *a: JsonFillsTheDisk(real_fdopen(*a))
+    )
+    with pytest.raises(CheckpointError, match=r"disk full while writing .*backbone.json"):
+        export_backbone(model, tiny_kwargs(), tmp_path, meta={"step": 2})
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "backbone.json").read_text())["meta"] == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backbone.json", "backbone.pth"]
