@@ -175,7 +175,7 @@ class MultiCrop:
         return globals_, locals_
 
 
-def _color_jitter_v2(image: torch.Tensor, p: CropParams) -> torch.Tensor:
+def color_jitter_v2(image: torch.Tensor, p: CropParams) -> torch.Tensor:
     """v2.ColorJitter's transform: the four adjustments in the drawn order."""
     ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
     for op in p.order:
@@ -191,7 +191,7 @@ def apply_params_v2(image: torch.Tensor, p: CropParams, size: int) -> torch.Tens
     out = TF.resized_crop(image, top, left, height, width, [size, size], antialias=True)
     if p.flip:
         out = TF.horizontal_flip(out)
-    out = _color_jitter_v2(out, p)
+    out = color_jitter_v2(out, p)
     if p.gray:
         out = TF.rgb_to_grayscale(out, num_output_channels=3)
     if p.blur_sigma > 0:

@@ -21,9 +21,9 @@ from pretrain.augment import (
     MultiCrop,
     apply_params_v2,
     blur_sigma_range,
+    color_jitter_v2,
     separable_gaussian_blur,
 )
-from pretrain.augment import _color_jitter_v2 as color_jitter_v2
 from pretrain.data import (
     MultiCropDataset,
     augment_on_device,
