@@ -198,12 +198,14 @@ def torchvision_blur():
     """Build pipelines with torchvision's 2-D Gaussian blur, the baseline of our separable one."""
     import pretrain.augment as augment
 
-    ours = augment.SeparableGaussianBlur
-    augment.SeparableGaussianBlur = lambda k, sigma: v2.GaussianBlur(k, sigma=sigma)
+    ours = augment.separable_gaussian_blur
+    augment.separable_gaussian_blur = lambda image, k, sigma: v2.functional.gaussian_blur(
+        image, [k, k], [sigma, sigma]
+    )
     try:
         yield
     finally:
-        augment.SeparableGaussianBlur = ours
+        augment.separable_gaussian_blur = ours
 
 
 def measure_data(preset: str, overrides: list[str], samples: int) -> float:
