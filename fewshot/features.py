@@ -26,7 +26,6 @@ from common.backbone import (
     source_of,
 )
 from common.checkpoint import CheckpointError, atomic_torch_save, load_torch_file
-from common.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +36,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def open_backbone(backbone_cfg, device: torch.device, stage: str) -> FrozenBackbone:
-    """``FrozenBackbone`` of a stage's ``backbone`` section; a bad one is a ConfigError."""
+    """``FrozenBackbone`` of a stage's ``backbone`` section (``source`` and ``weights``)."""
     source, weights = source_of(backbone_cfg, stage)
-    try:
-        return FrozenBackbone(source, device, weights)
-    except CheckpointError as exc:
-        raise ConfigError(f"backbone={source}: {exc}") from None
+    return FrozenBackbone(source, device, weights)
 
 
 def normalisation(info: dict) -> tuple[torch.Tensor, torch.Tensor]:
