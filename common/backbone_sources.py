@@ -100,8 +100,9 @@ def _create_timm(name: str, weights: str | None):
     except Exception as exc:  # noqa: BLE001 - hub errors differ online, offline, gated
         raise CheckpointError(
             f"backbone=timm:{name}: timm could not get its pretrained weights "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}). Offline, download the "
-            "weights file elsewhere and pass backbone.weights=FILE."
+            f"({type(exc).__name__}: {str(exc).split('. ')[0][:160]}). Offline, download the "
+            "weights file elsewhere and pass it: backbone.weights=FILE (model.init.weights=FILE "
+            "for pretrain, --weights FILE for pretrain.export and pretrain.attention)."
         ) from None
     model.reset_classifier(0)
     return model

@@ -72,11 +72,12 @@ def read_checkpoint(path: str | Path) -> object:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
-        if "Weights only load failed" in str(exc):
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if "Weights only load failed" in str(exc) and found:
             raise CheckpointError(
-                f"{path} needs arbitrary code to unpickle, which we refuse to run: "
-                f"{str(exc).splitlines()[-1][:200]}. Re-save its state dict with plain tensors "
-                "(`torch.save(model.state_dict(), FILE)`)."
+                f"{path} holds a {found.group(1)} object, which only arbitrary unpickling can "
+                "load (it could run code), so it is refused. Re-save its state dict with plain "
+                "tensors (`torch.save(model.state_dict(), FILE)`)."
             ) from None
         raise CheckpointError(
             f"{path} is not a readable checkpoint ({type(exc).__name__}); it is truncated, "

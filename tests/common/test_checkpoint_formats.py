@@ -113,8 +113,14 @@ def test_truncated_file_is_named(tmp_path):
 
 def test_a_pickle_that_runs_code_is_refused(tmp_path):
     torch.save({"model": functools.partial(print, "hi")}, tmp_path / "evil.pth")
-    with pytest.raises(CheckpointError, match="refuse to run"):
+    with pytest.raises(CheckpointError, match="functools.partial object, which only arbitrary"):
         load_backbone(tmp_path / "evil.pth")
+
+
+def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    with pytest.raises(CheckpointError, match="notes.txt is not a readable checkpoint"):
+        load_backbone(tmp_path / "notes.txt")
 
 
 def test_missing_keys_name_the_detected_format(tmp_path):
