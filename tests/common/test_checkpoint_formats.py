@@ -141,6 +141,16 @@ def test_timm_name_with_a_weights_file_matches_timm(tmp_path):
     torch.testing.assert_close(_features(model, 224), _features(ref, 224), atol=1e-5, rtol=0)
 
 
+def test_safetensors_file_is_read(tmp_path):
+    from safetensors.torch import save_file
+
+    ref = reference_vit(registers=4, layer_scale=True)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "m.safetensors")
+    model, info = load_backbone(tmp_path / "m.safetensors")
+    assert info["timm_kwargs"]["reg_tokens"] == 4
+    torch.testing.assert_close(_features(model, 48), _features(ref, 48), atol=1e-5, rtol=0)
+
+
 def test_timm_name_offline_without_weights_says_what_to_pass():
     code = (
         "from common.backbone import load_backbone\n"
