@@ -26,8 +26,9 @@ from distill.class_assign import PrototypeBank, assign_classes, class_scores
 from distill.enhancer import Enhancer, enhancer_inputs, predict_foreground
 from distill.mask_rules import border_polarity, otsu_threshold, threshold_for
 from distill.polarity import HeadPolarity, apply_signs
-from distill.refine import VariationAwareRefine, dual_threshold
+from distill.refine import ParVariationRefine, dual_threshold
 from distill.token_probe import FitImages, ForegroundProbe, fit_probe, refine_signs
+from distill.varm import VARM
 
 log = logging.getLogger(__name__)
 EMPTY_LABEL_POLICIES = ("background", "error")
@@ -85,6 +86,17 @@ def iter_batches(
     bar.close()
 
 
+def make_refiner(r: Config) -> torch.nn.Module:
+    """The refine named by ``refine.method``: SCD's ``varm`` or our ``par_variation``."""
+    if r.method == "varm":
+        return VARM()  # SCD's published constants; the other refine.* keys are ours
+    if r.method == "par_variation":
+        return ParVariationRefine(
+            r.dilations, r.num_iter, r.appearance_weight, r.position_weight, r.variation_weight
+        )
+    raise ValueError(f"refine.method must be varm or par_variation, got {r.method!r}")
+
+
 class PseudoLabeler:
     """Turns a backbone's attention into foreground and class masks for labelled images."""
 
@@ -92,10 +104,7 @@ class PseudoLabeler:
         self.model = model.to(device).eval()
         self.device = device
         self.cfg = cfg
-        r = cfg.refine
-        self.refiner = VariationAwareRefine(
-            r.dilations, r.num_iter, r.appearance_weight, r.position_weight, r.variation_weight
-        )
+        self.refiner = make_refiner(cfg.refine)
         self.centre: torch.Tensor | None = None
         self.prototypes: torch.Tensor | None = None
         self.head_signs: torch.Tensor | None = None

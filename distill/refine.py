@@ -1,7 +1,10 @@
-"""Variation-aware refinement of soft masks (the SCD paper's refine module, our version).
+"""Our refine of soft masks (`refine.method: par_variation`): PAR plus a variation term.
 
-Each pixel i repeatedly takes a weighted mean of its neighbours j on dilated
-8-neighbourhoods (dilations ``d`` give 8 * len(d) neighbours). The weights are
+Not SCD's VARM (that is :mod:`distill.varm`). The core is PAR, the pixel-adaptive refine
+of the AFA codebase (Ru et al., "Learning Affinity from Attention", CVPR 2022), computed
+with box-filter variances; the variation penalty inside the softmax is our own. Each
+pixel i repeatedly takes a weighted mean of its neighbours j on dilated 8-neighbourhoods
+(dilations ``d`` give 8 * len(d) neighbours). The weights are
 
     a_ij = softmax_j( -mean_c (|I_ic - I_jc| / (sigma_ic * w_app))^2  -  w_var * v_j / mean(v) )
            + w_pos * softmax_j( -(dist_ij / (sigma_dist * w_app))^2 )
@@ -43,8 +46,38 @@ def local_variation(images: torch.Tensor) -> torch.Tensor:
     return (nb - images[:, :, None]).abs().mean(dim=(1, 2))[:, None]
 
 
-class VariationAwareRefine(nn.Module):
-    """Affinity propagation of soft masks guided by image appearance and local variation."""
+def check_inputs(images: torch.Tensor, masks: torch.Tensor) -> None:
+    """Raise unless ``images`` is [B, C, H, W] and ``masks`` [B, K, h, w] with the same B."""
+    if images.dim() != 4 or masks.dim() != 4 or images.shape[0] != masks.shape[0]:
+        raise ValueError(
+            f"refine expects images [B, 3, H, W] and masks [B, K, h, w] with the same B, "
+            f"got {tuple(images.shape)} and {tuple(masks.shape)}"
+        )
+
+
+def propagate(
+    x: torch.Tensor, weights: list[torch.Tensor], dilations: Sequence[int]
+) -> torch.Tensor:
+    """One step m_i <- sum_j a_ij m_j over the dilated neighbours, accumulated in place.
+
+    Same result as ``(dilated_neighbours(x, dilations) * aff).sum(2)`` without materialising
+    the [B, K, N, H, W] stack, which makes a refine several times faster on a CPU.
+    """
+    h, w = x.shape[-2:]
+    m = max(dilations)
+    pad = F.pad(x, [m] * 4, mode="replicate")
+    out = torch.zeros_like(x)
+    k = 0
+    for d in dilations:
+        for dy, dx in _OFFSETS:
+            sl = pad[..., m + dy * d : m + dy * d + h, m + dx * d : m + dx * d + w]
+            out.addcmul_(sl, weights[k])
+            k += 1
+    return out
+
+
+class ParVariationRefine(nn.Module):
+    """PAR-style affinity propagation of soft masks with our local-variation penalty."""
 
     def __init__(
         self,
@@ -107,11 +140,7 @@ class VariationAwareRefine(nn.Module):
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Refine ``masks`` [B, K, h, w] (any resolution) guided by ``images`` [B, 3, H, W]."""
-        if images.dim() != 4 or masks.dim() != 4 or images.shape[0] != masks.shape[0]:
-            raise ValueError(
-                f"refine expects images [B, 3, H, W] and masks [B, K, h, w] with the same B, "
-                f"got {tuple(images.shape)} and {tuple(masks.shape)}"
-            )
+        check_inputs(images, masks)
         if masks.shape[-2:] != images.shape[-2:]:
             masks = F.interpolate(
                 masks, size=images.shape[-2:], mode="bilinear", align_corners=False
@@ -120,25 +149,7 @@ class VariationAwareRefine(nn.Module):
         weights = [w.contiguous() for w in aff.unbind(dim=2)]
         out = masks.float()
         for _ in range(self.num_iter):
-            out = self._propagate(out, weights)
-        return out
-
-    def _propagate(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
-        """One step: sum over neighbours of weight * value, accumulated in place.
-
-        Same result as ``(dilated_neighbours(x) * aff).sum(2)`` without materialising the
-        [B, K, N, H, W] stack, which makes the refine several times faster on a CPU.
-        """
-        h, w = x.shape[-2:]
-        m = max(self.dilations)
-        pad = F.pad(x, [m] * 4, mode="replicate")
-        out = torch.zeros_like(x)
-        k = 0
-        for d in self.dilations:
-            for dy, dx in _OFFSETS:
-                sl = pad[..., m + dy * d : m + dy * d + h, m + dx * d : m + dx * d + w]
-                out.addcmul_(sl, weights[k])
-                k += 1
+            out = propagate(out, weights, self.dilations)
         return out
 
 

@@ -1,6 +1,6 @@
 import torch
 
-from distill.refine import VariationAwareRefine, dilated_neighbours, dual_threshold
+from distill.refine import ParVariationRefine, dilated_neighbours, dual_threshold
 
 
 def test_dilated_neighbours_shift_correctly():
@@ -25,7 +25,7 @@ def _step_scene(noise: float = 0.25, seed: int = 0):
 
 def test_refine_smooths_flat_regions_and_keeps_the_step_edge():
     img, clean, noisy = _step_scene()
-    out = VariationAwareRefine(num_iter=10)(img, noisy)
+    out = ParVariationRefine(num_iter=10)(img, noisy)
     left, right = out[..., 2:30, :14], out[..., 2:30, 18:]
     # Noise in the flat halves shrinks a lot ...
     assert left.std() < 0.5 * noisy[..., 2:30, :14].std()
@@ -38,15 +38,15 @@ def test_refine_smooths_flat_regions_and_keeps_the_step_edge():
 def test_appearance_kernel_is_what_keeps_the_edge():
     img, _, noisy = _step_scene()
     flat_img = torch.zeros_like(img)  # no edge to follow: plain diffusion blurs the step
-    blurred = VariationAwareRefine(num_iter=10)(flat_img, noisy)
-    sharp = VariationAwareRefine(num_iter=10)(img, noisy)
+    blurred = ParVariationRefine(num_iter=10)(flat_img, noisy)
+    sharp = ParVariationRefine(num_iter=10)(img, noisy)
     gap = lambda m: (m[..., 16].mean() - m[..., 15].mean()).item()  # noqa: E731
     assert gap(sharp) > 0.7 and gap(blurred) < 0.5
 
 
 def test_refine_upsamples_patch_masks_to_the_image():
     img, _, _ = _step_scene()
-    out = VariationAwareRefine(num_iter=2)(img, torch.rand(1, 3, 4, 4))
+    out = ParVariationRefine(num_iter=2)(img, torch.rand(1, 3, 4, 4))
     assert out.shape == (1, 3, 32, 32)
 
 
