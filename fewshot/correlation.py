@@ -2,8 +2,12 @@
 
 Tokens arrive L2-normalised within each head's channel slice (``FrozenBackbone.layer_tokens``),
 so a per-head dot product is a cosine. The support side is its cls token plus its patch
-tokens mask-pooled to a ``g x g`` grid (foreground patches only, re-normalised), which keeps
-the support axis short (CST pools 50x50 support patches to 12x12 the same way).
+tokens shrunk to a ``g x g`` grid, which keeps the support axis short. Two ways:
+``support_tokens`` (ours) averages the foreground patches of each cell, so background never
+enters the support side; ``resized_support_tokens`` is CST's (Kang et al., CVPR 2023):
+the whole patch grid resized bilinearly (``align_corners=True``, e.g. 50x50 -> 12x12) with
+no mask, the mask acting later on the head's attention keys. CST normalises per head after
+the resize; our cached tokens are normalised before it and again after.
 """
 
 from __future__ import annotations
@@ -42,6 +46,21 @@ def support_tokens(
     pooled = pooled.reshape(b, n_layers, c, -1).permute(0, 1, 3, 2)
     pooled = pooled.reshape(*pooled.shape[:3], heads, c // heads)
     return F.normalize(pooled, dim=-1).reshape(b, n_layers, -1, c), pmask
+
+
+def resized_support_tokens(tokens: torch.Tensor, grid: int, heads: int) -> torch.Tensor:
+    """CST's support side: cls + the patch grid resized to ``grid x grid`` (bilinear,
+    ``align_corners=True``), per-head unit norm. [B, L, 1 + h*w, C] -> [B, L, 1 + grid^2, C]."""
+    b, n_layers, t, c = tokens.shape
+    h = round((t - 1) ** 0.5)
+    if h * h != t - 1:
+        raise ValueError(f"support tokens {tuple(tokens.shape)} are not a square patch grid")
+    x = tokens[:, :, 1:].reshape(b * n_layers, h, h, c).permute(0, 3, 1, 2)
+    x = F.interpolate(x, (grid, grid), mode="bilinear", align_corners=True)
+    x = x.permute(0, 2, 3, 1).reshape(b, n_layers, grid * grid, c)
+    out = torch.cat([tokens[:, :, :1], x], dim=2)
+    out = out.reshape(*out.shape[:3], heads, c // heads)
+    return F.normalize(out, dim=-1).reshape(b, n_layers, -1, c)
 
 
 def correlate(query: torch.Tensor, support: torch.Tensor, heads: int) -> torch.Tensor:

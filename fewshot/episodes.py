@@ -125,3 +125,78 @@ class EpisodeSampler:
     def fixed(self, count: int) -> list[Episode]:
         """The first ``count`` fixed episodes (validation / test)."""
         return [self.episode(i) for i in range(count)]
+
+
+class CSTEpisodeSampler:
+    """CST's test episodes (Kang et al., CVPR 2023; dahyun-kang/cst, data/pascal.py).
+
+    Episode ``i`` takes the ``i mod M``-th of M (query image, class) entries, one per
+    fold class an image shows, images in split order, and draws with numpy's legacy
+    generator seeded by ``i`` alone: N classes without replacement with probability 1/2
+    for the entry's class and 1 / (2 (n - 1)) for each other fold class (renormalised after
+    each draw), then for each class K distinct supports among its images other than the
+    query, one draw at a time. CST's query class is thus sampled more often than ours.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[Sequence[int]],
+        classes: Sequence[int],
+        way: int,
+        shot: int,
+        name: str = "cst episodes",
+    ) -> None:
+        self.way, self.shot = int(way), int(shot)
+        counts = {int(c): sum(int(c) in ls for ls in labels) for c in classes}
+        # A class needs K supports plus a query (CST's loader would loop forever without
+        # them); as in EpisodeSampler, such classes are left out with a warning.
+        short = {c: n for c, n in counts.items() if n < self.shot + 1}
+        if short:
+            log.warning(
+                "%s: classes %s (class: images) have fewer than shot+1=%d images and are left out",
+                name,
+                short,
+                self.shot + 1,
+            )
+        self.classes = sorted(c for c in counts if c not in short)
+        if self.way < 1 or self.shot < 1 or self.way > len(self.classes):
+            raise EpisodeError(
+                f"{name}: way={way} shot={shot} needs {way} fold classes shown by at least "
+                f"{self.shot + 1} images each, but only {len(self.classes)} are (too few: "
+                f"{short}); lower way/shot or use more images"
+            )
+        self.labels = [set(self.classes) & set(int(c) for c in ls) for ls in labels]
+        self.entries = [(i, c) for i, ls in enumerate(self.labels) for c in sorted(ls)]
+        self.by_class = {
+            c: [i for i, ls in enumerate(self.labels) if c in ls] for c in self.classes
+        }
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def episode(self, index: int) -> Episode:
+        """The ``index``-th episode: entry ``index mod M``, numpy RandomState(index)."""
+        rs = np.random.RandomState(index)
+        query, query_class = self.entries[index % len(self.entries)]
+        n = len(self.classes)
+        p = np.full(n, 0.5 / max(n - 1, 1))
+        p[self.classes.index(query_class)] = 0.5 if n > 1 else 1.0
+        classes = [int(c) for c in rs.choice(self.classes, self.way, p=p, replace=False)]
+        supports = []
+        for c in classes:
+            picks: list[int] = []
+            while len(picks) < self.shot:
+                s = int(rs.choice(self.by_class[c], 1, replace=False)[0])
+                if s != query and s not in picks:
+                    picks.append(s)
+            supports.append(tuple(picks))
+        return Episode(
+            query=query,
+            classes=tuple(classes),
+            supports=tuple(supports),
+            presence=tuple(c in self.labels[query] for c in classes),
+        )
+
+    def fixed(self, count: int) -> list[Episode]:
+        """The first ``count`` episodes (CST's test uses 1,000)."""
+        return [self.episode(i) for i in range(count)]

@@ -9,9 +9,15 @@ shrink the support image tokens by mask-aware pooling, and end with two tokens p
 position: the cls-correlation token (-> class presence) and the image-correlation token
 (-> foreground mask).
 
-Support-mask semantics: background support positions are masked as attention keys and left
-out of every pooling, so the output never depends on the correlations at masked positions;
-the cls token is never masked (an empty support mask still leaves it).
+Support-mask semantics (ours): background support positions are masked as attention keys
+and left out of every pooling, so the output never depends on the correlations at masked
+positions; the cls token is never masked (an empty support mask still leaves it).
+With ``cst=True`` the head follows CST's released code (model/module/cst.py,
+corrtrblock.py): the pixel support mask is resized (bilinear, ``align_corners=True``) to each
+block's key grid and keys are masked where it is 0, queries and the shortcut are pooled
+over every position, attention logits are not scaled by 1/sqrt(d), the mixing has two
+layers, the presence branch pools (3x3, stride 2) before its last two 1x1 layers, and the
+mask branch has four 3x3 convolutions around an ``align_corners=True`` upsampling.
 """
 
 from __future__ import annotations
@@ -50,12 +56,14 @@ def masked_pool(
 class CorrelationAttention(nn.Module):
     """Self-attention along the support axis, queries pooled by ``kernel`` (mask-aware)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, heads: int, groups: int) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel: int, heads: int, groups: int, cst: bool = False
+    ) -> None:
         super().__init__()
         hidden = out_ch // 2
         if hidden % heads:
             raise ValueError(f"out channels {out_ch} // 2 must be divisible by heads {heads}")
-        self.kernel, self.heads = kernel, heads
+        self.kernel, self.heads, self.cst = kernel, heads, cst
         self.qkv = nn.Conv2d(in_ch, 3 * hidden, 1)
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1, bias=False)
         self.shortcut_norm = nn.Sequential(nn.GroupNorm(groups, out_ch), nn.ReLU())
@@ -69,10 +77,20 @@ class CorrelationAttention(nn.Module):
         self.out_norm = nn.GroupNorm(groups, out_ch)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, _, qn, _ = x.shape
+        """``mask``: support grid mask [B, g*g] bool (ours) or pixel mask [B, H, W] (CST)."""
+        b, _, qn, s = x.shape
         q, k, v = self.qkv(x).chunk(3, dim=1)
-        q, new_mask = masked_pool(q, mask, self.kernel)
-        short, _ = masked_pool(self.shortcut(x), mask, self.kernel)
+        if self.cst:
+            g = round((s - 1) ** 0.5)
+            resized = F.interpolate(
+                mask[:, None].float(), (g, g), mode="bilinear", align_corners=True
+            )
+            keys = resized.flatten(1) != 0
+            pool_mask = torch.ones_like(keys)
+        else:
+            keys = pool_mask = mask
+        q, pooled_mask = masked_pool(q, pool_mask, self.kernel)
+        short, _ = masked_pool(self.shortcut(x), pool_mask, self.kernel)
         short = self.shortcut_norm(short)
 
         def split(t: torch.Tensor) -> torch.Tensor:  # [B, C, Q, S] -> [B, g, Q, S, C/g]
@@ -80,11 +98,17 @@ class CorrelationAttention(nn.Module):
 
         qh, kh, vh = split(q), split(k), split(v)
         # Keys: cls always visible, image tokens only where the support mask is foreground.
-        visible = torch.cat([mask.new_ones(b, 1), mask], dim=1).bool()
+        visible = torch.cat([keys.new_ones(b, 1), keys], dim=1).bool()
         attn_mask = visible[:, None, None, None, :]  # broadcast over heads, Q, and query tokens
-        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=attn_mask)
+        scale = 1.0 if self.cst else None  # CST's logits are plain dot products
+        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=attn_mask, scale=scale)
         out = out.permute(0, 1, 4, 2, 3).reshape(b, -1, qn, out.shape[3])
-        return self.out_norm(self.agg(out) + short), new_mask
+        # CST resizes the pixel mask again in every block; ours carries the pooled mask on.
+        return self.out_norm(self.agg(out) + short), mask if self.cst else pooled_mask
+
+
+def _conv_gn_relu(ch: int, groups: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(ch, ch, 1), nn.GroupNorm(groups, ch), nn.ReLU())
 
 
 class FeedForward(nn.Module):
@@ -107,8 +131,9 @@ class FeedForward(nn.Module):
 class CorrelationTransformer(nn.Module):
     """Correlation blocks + presence head (cls token) + mask head (image token).
 
-    ``forward(corr [B, C_in, Q, 1 + g*g], support_mask [B, g*g] bool, grid (h, w))`` returns
-    presence logits [B, 2] and mask logits [B, 2, 2h, 2w] (upsample to pixels outside).
+    ``forward(corr [B, C_in, Q, 1 + g*g], support_mask, grid (h, w))`` returns presence
+    logits [B, 2] and mask logits [B, 2, 2h, 2w] (upsample to pixels outside);
+    ``support_mask`` is [B, g*g] bool, or with ``cst`` the pixel mask [B, H, W].
     The product of ``pool_sizes`` must equal the support grid ``g`` so that exactly one
     image-correlation token is left per query position.
     """
@@ -120,8 +145,10 @@ class CorrelationTransformer(nn.Module):
         pool_sizes: tuple[int, ...] = (2, 2),
         attn_heads: int = 4,
         groups: int = 4,
+        cst: bool = False,
     ) -> None:
         super().__init__()
+        self.cst = cst
         if len(channels) != len(pool_sizes):
             raise ValueError(f"channels {channels} and pool_sizes {pool_sizes} differ in length")
         self.pool_sizes = tuple(pool_sizes)
@@ -129,19 +156,37 @@ class CorrelationTransformer(nn.Module):
         self.ff = nn.ModuleList()
         prev = in_channels
         for ch, k in zip(channels, pool_sizes, strict=True):
-            self.attn.append(CorrelationAttention(prev, ch, k, attn_heads, groups))
+            self.attn.append(CorrelationAttention(prev, ch, k, attn_heads, groups, cst))
             self.ff.append(FeedForward(ch, groups))
             prev = ch
-        self.mix = nn.Sequential(nn.Conv2d(prev, prev, 1), nn.GroupNorm(groups, prev), nn.ReLU())
         half = prev // 2
-        self.cls_head = nn.Sequential(
-            nn.Conv2d(prev, half, 1), nn.ReLU(), nn.Conv2d(half, half, 1), nn.ReLU()
-        )
-        self.cls_out = nn.Conv2d(half, 2, 1)
-        self.seg_head = nn.Sequential(
-            nn.Conv2d(prev, half, 3, padding=1), nn.ReLU(), nn.Conv2d(half, half, 3, padding=1)
-        )
-        self.seg_out = nn.Sequential(nn.ReLU(), nn.Conv2d(half, 2, 3, padding=1))
+        if cst:
+            self.mix = nn.Sequential(*[_conv_gn_relu(prev, groups) for _ in range(2)])
+            self.cls_head = nn.Sequential(
+                nn.Conv2d(prev, prev, 1), nn.ReLU(), nn.Conv2d(prev, half, 1), nn.ReLU()
+            )
+            self.cls_pool = nn.AvgPool2d(3, stride=2, padding=1)
+            self.cls_out = nn.Sequential(nn.Conv2d(half, half, 1), nn.ReLU(), nn.Conv2d(half, 2, 1))
+            self.seg_head = nn.Sequential(
+                nn.Conv2d(prev, prev, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(prev, half, 3, padding=1),
+                nn.ReLU(),
+            )
+            self.seg_out = nn.Sequential(
+                nn.Conv2d(half, half, 3, padding=1), nn.ReLU(), nn.Conv2d(half, 2, 3, padding=1)
+            )
+        else:
+            self.mix = _conv_gn_relu(prev, groups)
+            self.cls_head = nn.Sequential(
+                nn.Conv2d(prev, half, 1), nn.ReLU(), nn.Conv2d(half, half, 1), nn.ReLU()
+            )
+            self.cls_pool = nn.Identity()
+            self.cls_out = nn.Conv2d(half, 2, 1)
+            self.seg_head = nn.Sequential(
+                nn.Conv2d(prev, half, 3, padding=1), nn.ReLU(), nn.Conv2d(half, half, 3, padding=1)
+            )
+            self.seg_out = nn.Sequential(nn.ReLU(), nn.Conv2d(half, 2, 3, padding=1))
 
     @property
     def support_grid(self) -> int:
@@ -162,14 +207,16 @@ class CorrelationTransformer(nn.Module):
                 f"support axis has {s} tokens, expected 1 + {self.support_grid}^2 "
                 f"(the product of pool_sizes {self.pool_sizes})"
             )
-        x, mask = corr, support_mask.reshape(b, -1).bool()
+        x = corr
+        mask = support_mask if self.cst else support_mask.reshape(b, -1).bool()
         for attn, ff in zip(self.attn, self.ff, strict=True):
             x, mask = attn(x, mask)
             x = ff(x)
         x = self.mix(x)  # [B, C, Q, 2]
         cls_tok = x[..., 0].reshape(b, -1, h, w)
         img_tok = x[..., 1].reshape(b, -1, h, w)
-        presence = self.cls_out(self.cls_head(cls_tok).mean(dim=(2, 3), keepdim=True))
+        # Ours applies its last (linear) layer after the mean, which is the same thing.
+        presence = self.cls_out(self.cls_pool(self.cls_head(cls_tok))).mean(dim=(2, 3))
         seg = self.seg_head(img_tok)
-        seg = F.interpolate(seg, scale_factor=2, mode="bilinear", align_corners=False)
-        return presence.flatten(1), self.seg_out(seg)
+        seg = F.interpolate(seg, scale_factor=2, mode="bilinear", align_corners=self.cst)
+        return presence, self.seg_out(seg)

@@ -14,10 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.metrics import IGNORE_INDEX
-from fewshot.correlation import correlate, patch_mask, support_tokens
+from fewshot.correlation import correlate, patch_mask, resized_support_tokens, support_tokens
 from fewshot.data import ImagePool
 from fewshot.episodes import Episode
 from fewshot.head import CorrelationTransformer
+
+# ours: mask-pooled support tokens and our head; cst: CST's support tokens and head.
+PROTOCOLS = ("ours", "cst")
 
 
 class FSCSModel(nn.Module):
@@ -32,14 +35,19 @@ class FSCSModel(nn.Module):
         channels: Sequence[int],
         pool_sizes: Sequence[int],
         attn_heads: int,
+        protocol: str = "ours",
     ) -> None:
         super().__init__()
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         self.num_heads, self.patch_size, self.image_size = num_heads, patch_size, image_size
         self.grid = image_size // patch_size
+        self.cst = protocol == "cst"
         self.head = CorrelationTransformer(
-            num_layers * num_heads, tuple(channels), tuple(pool_sizes), attn_heads
+            num_layers * num_heads, tuple(channels), tuple(pool_sizes), attn_heads, cst=self.cst
         )
-        if self.grid % self.head.support_grid:
+        # CST resizes the support grid to the head's, so any grid fits; ours pools it.
+        if not self.cst and self.grid % self.head.support_grid:
             raise ValueError(
                 f"head.pool_sizes {list(pool_sizes)} multiply to {self.head.support_grid}, "
                 f"which does not divide the {self.grid}x{self.grid} patch grid "
@@ -51,13 +59,19 @@ class FSCSModel(nn.Module):
         self, query: torch.Tensor, support: torch.Tensor, support_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``query``/``support``: [B, L, 1 + h*w, C] tokens; ``support_mask``: [B, H, W] bool."""
-        pmask = patch_mask(support_mask, self.patch_size)
-        s_tok, s_mask = support_tokens(
-            support.float(), pmask, self.head.support_grid, self.num_heads
-        )
+        if self.cst:
+            s_tok = resized_support_tokens(support.float(), self.head.support_grid, self.num_heads)
+            s_mask = support_mask
+        else:
+            pmask = patch_mask(support_mask, self.patch_size)
+            s_tok, s_mask = support_tokens(
+                support.float(), pmask, self.head.support_grid, self.num_heads
+            )
         corr = correlate(query.float(), s_tok, self.num_heads)
         presence, seg = self.head(corr, s_mask, (self.grid, self.grid))
-        seg = F.interpolate(seg, size=support_mask.shape[-2:], mode="bilinear", align_corners=False)
+        seg = F.interpolate(
+            seg, size=support_mask.shape[-2:], mode="bilinear", align_corners=self.cst
+        )
         return presence, seg
 
 

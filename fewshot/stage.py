@@ -24,10 +24,10 @@ from common.datasets.errors import DatasetNotFoundError
 from common.rundir import MetricsLogger, RunDir
 from common.runtime import resolve_device
 from fewshot.data import ImagePool, base_dataset, build_pool, load_masks, open_split
-from fewshot.episodes import Episode, EpisodeError, EpisodeSampler
+from fewshot.episodes import CSTEpisodeSampler, Episode, EpisodeError, EpisodeSampler
 from fewshot.evaluate import assemble, score
 from fewshot.features import FrozenBackbone, open_backbone, random_export
-from fewshot.model import FSCSModel, episode_probabilities
+from fewshot.model import PROTOCOLS, FSCSModel, episode_probabilities
 from fewshot.prototype import choose_thresholds, prototype_scores
 from fewshot.train import TrainSettings, train_head
 from fewshot.visualize import episode_grid
@@ -57,6 +57,8 @@ def check_setting(cfg: Config) -> tuple[list[int], list[int]]:
     """Validate fold / way / shot / supervision early; returns (test classes, train classes)."""
     if cfg.supervision not in SUPERVISION:
         raise ConfigError(f"supervision must be one of {SUPERVISION}, got {cfg.supervision!r}")
+    if cfg.protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {cfg.protocol!r}")
     if cfg.episodes.eval_support_masks not in ("gt", "train"):
         raise ConfigError(
             "episodes.eval_support_masks must be gt or train, got "
@@ -81,6 +83,15 @@ def check_setting(cfg: Config) -> tuple[list[int], list[int]]:
 def _sampler(name: str, **kwargs) -> EpisodeSampler:
     try:
         return EpisodeSampler(name=name, **kwargs)
+    except EpisodeError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _cst_sampler(
+    name: str, labels: list[list[int]], classes: list[int], way: int, shot: int
+) -> CSTEpisodeSampler:
+    try:
+        return CSTEpisodeSampler(labels, classes, way, shot, name=name)
     except EpisodeError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -143,15 +154,19 @@ def make_episodes(
         val, n_val_queries = val_sampler.fixed(cfg.episodes.val_episodes), len(val_sampler)
     test = {}
     for way in sorted({1, cfg.way}):
-        sampler = _sampler(
-            f"{way}-way {cfg.shot}-shot test episodes",
-            labels=test_pool.labels,
-            classes=test_classes,
-            way=way,
-            shot=cfg.shot,
-            presence_prior=cfg.episodes.presence_prior,
-            seed=cfg.episodes.seed + way,
-        )
+        name = f"{way}-way {cfg.shot}-shot test episodes"
+        if cfg.protocol == "cst":
+            sampler = _cst_sampler(name, test_pool.labels, test_classes, way, cfg.shot)
+        else:
+            sampler = _sampler(
+                name,
+                labels=test_pool.labels,
+                classes=test_classes,
+                way=way,
+                shot=cfg.shot,
+                presence_prior=cfg.episodes.presence_prior,
+                seed=cfg.episodes.seed + way,
+            )
         test[way] = sampler.fixed(cfg.episodes.test_episodes)
     log.info(
         "fold %d: training classes %s on %d images (validation: %d of %d held-out images, "
@@ -188,6 +203,7 @@ def fit_head(
         channels=cfg.head.channels,
         pool_sizes=cfg.head.pool_sizes,
         attn_heads=cfg.head.attn_heads,
+        protocol=cfg.protocol,
     ).to(bb.device)
 
     def validate(m: FSCSModel) -> float:
@@ -277,6 +293,8 @@ def run(cfg: Config, run: RunDir) -> dict:
             "way": cfg.way,
             "shot": cfg.shot,
             "supervision": cfg.supervision,
+            "support_masks_at_test": cfg.episodes.eval_support_masks,
+            "protocol": cfg.protocol,
             "test_classes": test_classes,
             "train_classes": train_classes,
             "backbone_hash": backbones["head"].hash,
@@ -360,7 +378,9 @@ def format_table(results: dict) -> str:
     """Plain-text table: one row per (way, model)."""
     s = results["setting"]
     lines = [
-        f"FS-CS fold {s['fold']}, {s['shot']}-shot, supervision={s['supervision']}",
+        # Not CST's weak setting (no support mask at all): name the test supports' masks.
+        f"FS-CS fold {s['fold']}, {s['shot']}-shot, supervision={s['supervision']} "
+        f"(test support masks: {s['support_masks_at_test']}), protocol={s['protocol']}",
         f"{'setting':<8} {'model':<14} {'ER':>6} {'acc':>6} {'mIoU':>6} {'FB-IoU':>7}",
     ]
     for way_key, by_model in results["test"].items():

@@ -69,6 +69,7 @@ def test_cst_pascal_presets_chain_distill_to_weak_fscs(tmp_path, dino_vits8_like
     argv += [f"pseudo_masks={tmp_path / 'distill'}", "fold=0", "way=2"]
     results = stage_main("fewshot", run, "test", argv)
     assert results["setting"]["supervision"] == "weak"
+    assert results["setting"]["protocol"] == "cst"
     assert set(results["test"]) == {"1way", "2way"}
 
 
@@ -79,4 +80,5 @@ def test_cst_coco_preset(tmp_path, dino_vits8_like):
     argv += [f"data.root={root}", f"backbone={dino_vits8_like}", "fold=0", *TINY]
     results = stage_main("fewshot", run, "test", argv)
     assert results["setting"]["supervision"] == "full"
+    assert results["setting"]["protocol"] == "cst"
     assert 0.0 <= results["test"]["1way"]["head"]["miou"] <= 1.0

@@ -7,7 +7,7 @@ import pytest
 
 from common.datasets.folds import fold_classes, train_classes
 from common.datasets.voc import VOCSegmentation
-from fewshot.episodes import EpisodeError, EpisodeSampler
+from fewshot.episodes import CSTEpisodeSampler, EpisodeError, EpisodeSampler
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +71,47 @@ def test_bad_settings_say_what_to_change(train_labels):
     assert rare not in sampler.classes and len(sampler.classes) >= 2
     with pytest.raises(EpisodeError, match="both episode classes and excluded"):
         EpisodeSampler(train_labels, classes, way=1, shot=1, exclude=[classes[0]])
+
+
+def _cst_reference(labels, classes, way, shot, index):
+    """CST's sample_episode written from its description, on numpy's global legacy RNG."""
+    entries = [(i, c) for i, ls in enumerate(labels) for c in sorted(set(ls) & set(classes))]
+    np.random.seed(index)
+    query, query_class = entries[index % len(entries)]
+    p = np.ones(len(classes)) / 2.0 / (len(classes) - 1)
+    p[classes.index(query_class)] = 0.5
+    chosen = np.random.choice(classes, way, p=p, replace=False).tolist()
+    supports = []
+    for c in chosen:
+        images = [i for i, ls in enumerate(labels) if c in ls]
+        picks = []
+        while len(picks) < shot:
+            s = np.random.choice(images, 1, replace=False)[0]
+            if s != query and s not in picks:
+                picks.append(s)
+        supports.append(tuple(picks))
+    return query, tuple(chosen), tuple(supports)
+
+
+def test_cst_episodes_follow_csts_query_list_and_class_sampling(train_labels):
+    classes = sorted(fold_classes("fashion_scenes", 0))
+    sampler = CSTEpisodeSampler(train_labels, classes, way=2, shot=2)
+    for index in (0, 1, 7, len(sampler) + 3):
+        ep = sampler.episode(index)
+        assert (ep.query, ep.classes, ep.supports) == _cst_reference(
+            train_labels, classes, 2, 2, index
+        )
+        assert ep.presence == tuple(c in train_labels[ep.query] for c in ep.classes)
+    # Queries walk the (image, class) list in order and cycle.
+    assert [sampler.episode(i).query for i in range(3)] == [q for q, _ in sampler.entries[:3]]
+    assert sampler.episode(len(sampler)).query == sampler.entries[0][0]
+
+
+def test_cst_sampling_picks_the_query_class_half_the_time(train_labels):
+    classes = fold_classes("fashion_scenes", 1)
+    one = CSTEpisodeSampler(train_labels, classes, way=1, shot=1)
+    eps = one.fixed(2000)
+    hit = np.mean([e.classes[0] == one.entries[i % len(one)][1] for i, e in enumerate(eps)])
+    assert abs(hit - 0.5) < 0.04
+    with pytest.raises(EpisodeError, match="way=9"):
+        CSTEpisodeSampler(train_labels, classes, way=9, shot=1)
