@@ -13,7 +13,15 @@ from typing import NoReturn, TypeVar
 from common.artifacts import check_run_inputs
 from common.config import CONFIG_ROOT, Config, load_config
 from common.errors import UserError
-from common.rundir import CONSOLE_SKIP, RunDir, prepare_run_dir, setup_logging
+from common.rundir import (
+    CONSOLE_SKIP,
+    RunDir,
+    changed_config_keys,
+    prepare_run_dir,
+    restore_run_dir,
+    setup_logging,
+    snapshot_run_dir,
+)
 from common.runtime import seed_everything
 
 log = logging.getLogger(__name__)
@@ -93,8 +101,7 @@ def build_parser(stage: str, description: str) -> argparse.ArgumentParser:
             f"Presets in that folder: {presets}.\n"
             "Overrides are dotted key=value pairs parsed as YAML, e.g. train.lr=5e-4 "
             "train.max_steps=100 data.root=/data/scenes.\nUnknown keys and wrong types are "
-            "errors that name the closest valid key."
-            + _backbone_epilog(stage)
+            "errors that name the closest valid key." + _backbone_epilog(stage)
         ),
     )
     parser.add_argument(
@@ -111,7 +118,9 @@ def build_parser(stage: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="reuse an output dir that holds a different config (overwrites its config.yaml)",
+        help="reuse an output dir that holds a different config: the log names the keys that "
+        "differ, its checkpoints are resumed, and a command that fails before the stage writes "
+        "anything leaves the old config.yaml in place",
     )
     add_debug_flag(parser)
     parser.add_argument(
@@ -135,24 +144,43 @@ def run_stage(
     output_dir: str | Path,
     force: bool = False,
     rank: int | None = None,
+    config_root: Path = CONFIG_ROOT,
 ) -> dict:
-    """Prepare the run directory, logging and seeds, then run the stage function."""
+    """Prepare the run directory, logging and seeds, then run the stage function.
+
+    A command that fails before its stage writes an output leaves the run directory as it
+    was (config.yaml and inputs.json restored, new folders removed), so the corrected command
+    is not refused as "a different config".
+    """
     from common.distributed import detect_env
 
     rank = detect_env().rank if rank is None else rank
-    run = (
-        prepare_run_dir(output_dir, cfg, stage, force=force)
-        if rank == 0
-        else RunDir(Path(output_dir))
-    )
-    if rank == 0:
+    if rank != 0:
+        run = RunDir(Path(output_dir)).make()
+        setup_logging(run, rank=rank)
+        seed_everything(int(cfg.seed) + rank)
+        log.info("%s: run directory %s", stage, run.root.resolve())
+        return fn(cfg, run)
+    before = snapshot_run_dir(output_dir)
+    replaced = changed_config_keys(output_dir, cfg, stage, config_root) if force else []
+    try:
+        run = prepare_run_dir(output_dir, cfg, stage, force=force, config_root=config_root)
         check_run_inputs(run.root, cfg, force=force)
-    else:
-        run.make()
-    setup_logging(run, rank=rank)
-    seed_everything(int(cfg.seed) + rank)
-    log.info("%s: run directory %s", stage, run.root.resolve())
-    return fn(cfg, run)
+        setup_logging(run, rank=rank)
+        seed_everything(int(cfg.seed) + rank)
+        log.info("%s: run directory %s", stage, run.root.resolve())
+        if replaced:
+            log.warning(
+                "--force: %s held a run with another config (keys differ: %s); config.yaml "
+                "now holds this one and its checkpoints, if any, are resumed from",
+                run.root,
+                ", ".join(replaced),
+            )
+        return fn(cfg, run)
+    except BaseException:
+        if restore_run_dir(before):
+            log.info("%s: nothing was produced; %s is left as it was", stage, before.root)
+        raise
 
 
 def stage_main(

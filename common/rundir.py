@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -108,6 +110,86 @@ def prepare_run_dir(
             )
     save_config(cfg, run.config)
     return run
+
+
+# What run_stage writes before the stage itself runs, and what a stage derives from its
+# config and inputs alone (feature caches keyed by their content, the random-init baseline
+# backbone rewritten on every run); anything else in a run directory is the stage's output.
+RUN_METADATA = ("config.yaml", "inputs.json")
+DERIVED_DIRS = ("cache", "random_backbone")
+
+
+def _is_stage_output(rel: Path) -> bool:
+    if rel.parts[0] in DERIVED_DIRS or rel.name in RUN_METADATA:
+        return False
+    return not (rel.name.startswith("log") and rel.suffix == ".txt")
+
+
+@dataclass(frozen=True)
+class RunDirState:
+    """A run directory before a command touched it: put back if the command fails before its
+    stage writes anything, so a mistaken command never changes what a later one sees."""
+
+    root: Path
+    existed: bool
+    dirs: frozenset[str]
+    metadata: dict[str, tuple[bytes, int]]  # name: (content, mtime_ns)
+    outputs: frozenset[tuple[str, int, int]]
+
+
+def _outputs(root: Path) -> frozenset[tuple[str, int, int]]:
+    if not root.is_dir():
+        return frozenset()
+    return frozenset(
+        (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and _is_stage_output(p.relative_to(root))
+    )
+
+
+def snapshot_run_dir(output_dir: str | Path) -> RunDirState:
+    """Record the run directory's metadata files, folders and stage outputs."""
+    root = Path(output_dir)
+    return RunDirState(
+        root=root,
+        existed=root.is_dir(),
+        dirs=frozenset(str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir())
+        if root.is_dir()
+        else frozenset(),
+        metadata={
+            n: ((root / n).read_bytes(), (root / n).stat().st_mtime_ns)
+            for n in RUN_METADATA
+            if (root / n).is_file()
+        },
+        outputs=_outputs(root),
+    )
+
+
+def restore_run_dir(state: RunDirState) -> bool:
+    """Undo what a failed command wrote, unless its stage had started (written an output).
+
+    Returns whether the directory was put back: its config.yaml and inputs.json as they were
+    and the folders it created removed (the whole directory when it did not exist before).
+    """
+    root = state.root
+    if not root.is_dir() or _outputs(root) != state.outputs:
+        return False
+    if not state.existed:
+        shutil.rmtree(root)
+        return True
+    for name in RUN_METADATA:
+        path = root / name
+        if name in state.metadata:
+            content, mtime_ns = state.metadata[name]
+            path.write_bytes(content)
+            os.utime(path, ns=(mtime_ns, mtime_ns))
+        else:
+            path.unlink(missing_ok=True)
+    new_dirs = [p for p in root.rglob("*") if p.is_dir()]
+    for d in sorted(new_dirs, key=lambda p: len(p.parts), reverse=True):
+        if str(d.relative_to(root)) not in state.dirs and not any(d.iterdir()):
+            d.rmdir()
+    return True
 
 
 def setup_logging(run: RunDir | None, rank: int = 0, level: int = logging.INFO) -> None:

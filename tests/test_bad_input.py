@@ -136,6 +136,8 @@ class Case:
     argv: Callable[[dict, Path], list[str]]
     culprits: Callable[[dict, Path], list[str]]
     inputs: Callable[[dict, Path], list[Path]] = field(default=lambda f, tmp: [])
+    # Whether the stage got far enough to write outputs in its run directory (tmp/run).
+    started: bool = False
 
 
 def _pretrain(*extra: str) -> Callable[[dict, Path], list[str]]:
@@ -187,6 +189,7 @@ CASES = {
         ],
         lambda f, tmp: [str(f["images"] / "broken.jpg")],
         lambda f, tmp: [f["images"]],
+        started=True,  # the broken image comes up after the first checkpoint
     ),
     "bad on_corrupt value": Case(
         _pretrain("data.on_corrupt=ignore"), lambda f, tmp: ["data.on_corrupt", "'ignore'"]
@@ -235,6 +238,7 @@ CASES = {
         ),
         lambda f, tmp: ["non-finite loss", "train.lr"],
         lambda f, tmp: [f["scenes"]],
+        started=True,
     ),
     "attention: missing checkpoint": Case(
         lambda f, tmp: [
@@ -323,6 +327,8 @@ def test_a_mistake_is_one_line_naming_the_culprit(name: str, fixtures: dict, tmp
     assert_one_error_line(proc, *case.culprits(fixtures, tmp_path))
     assert [snapshot(p) for p in inputs] == before, "an input folder was written to"
     assert not (tmp_path / "no_such").exists()  # neither created as data nor by unpickling
+    # A failed command leaves no run directory behind that the corrected one would trip on.
+    assert (tmp_path / "run").exists() == case.started
 
 
 def test_debug_flag_and_env_show_the_traceback(fashion_scenes_root: Path, tmp_path: Path):
@@ -364,6 +370,18 @@ def test_a_different_config_in_the_same_output_dir(
     run = shutil.copytree(pretrain_run, tmp_path / "run")
     proc = cli("pretrain", *pretrain_args(fashion_scenes_root, run, "train.max_steps=4", "seed=7"))
     assert_one_error_line(proc, str(run), "seed", "--force")
+
+
+def test_a_failed_forced_run_keeps_the_old_config(
+    pretrain_run: Path, fashion_scenes_root: Path, tmp_path: Path
+):
+    run = shutil.copytree(pretrain_run, tmp_path / "run")
+    before = [f for f in snapshot(run) if f[0] != "log.txt"]
+    forced = pretrain_args(fashion_scenes_root, run, "train.max_steps=4", "model.depth=2")
+    assert_one_error_line(cli("pretrain", *forced, "--force"))
+    assert [f for f in snapshot(run) if f[0] != "log.txt"] == before
+    proc = cli("pretrain", *pretrain_args(fashion_scenes_root, run, "train.max_steps=4"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def _damage(path: Path) -> None:

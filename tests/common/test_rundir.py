@@ -5,6 +5,7 @@ import logging
 import pytest
 import yaml
 
+from common.cli import run_stage
 from common.config import ConfigError, load_config
 from common.rundir import MetricsLogger, prepare_run_dir, read_metrics, setup_logging
 
@@ -67,3 +68,53 @@ def test_only_rank_zero_logs_to_console(tmp_path, capsys, root):
     logging.getLogger("t").info("from rank zero")
     assert "from rank zero" in capsys.readouterr().err
     assert "from rank zero" in run.log.read_text()
+
+
+def _fail_after(cfg, run, write: str | None = None):
+    if write:
+        (run.root / write).write_text("output")
+    raise ConfigError("fold=5 but the dataset has 2 folds")
+
+
+def test_a_failed_command_leaves_a_new_run_dir_uncreated(tmp_path, root):
+    cfg = load_config("toy", config_root=root)
+    with pytest.raises(ConfigError):
+        run_stage("toy", _fail_after, cfg, tmp_path / "run", config_root=root)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_forced_command_keeps_the_old_config(tmp_path, root):
+    cfg = load_config("toy", config_root=root)
+    run = prepare_run_dir(tmp_path / "run", cfg, "toy", config_root=root)
+    (run.checkpoints / "last.pt").write_text("weights")
+    before = run.config.read_bytes()
+    changed = load_config("toy", None, ["seed=5"], config_root=root)
+    with pytest.raises(ConfigError):
+        run_stage("toy", _fail_after, changed, run.root, force=True, config_root=root)
+    assert run.config.read_bytes() == before
+    assert (run.checkpoints / "last.pt").read_text() == "weights"
+    # The corrected command is not refused as "a different config".
+    assert run_stage("toy", lambda c, r: {"ok": 1}, cfg, run.root, config_root=root) == {"ok": 1}
+
+
+def test_a_command_whose_stage_wrote_an_output_keeps_its_config(tmp_path, root):
+    cfg = load_config("toy", None, ["seed=9"], config_root=root)
+    with pytest.raises(ConfigError):
+        run_stage(
+            "toy",
+            lambda c, r: _fail_after(c, r, "metrics.jsonl"),
+            cfg,
+            tmp_path / "run",
+            config_root=root,
+        )
+    assert load_config("toy", tmp_path / "run" / "config.yaml", config_root=root) == cfg
+    assert (tmp_path / "run" / "metrics.jsonl").is_file()
+
+
+def test_force_logs_the_keys_it_replaced(tmp_path, root):
+    cfg = load_config("toy", config_root=root)
+    prepare_run_dir(tmp_path / "run", cfg, "toy", config_root=root)
+    changed = load_config("toy", None, ["seed=5"], config_root=root)
+    run_stage("toy", lambda c, r: {}, changed, tmp_path / "run", force=True, config_root=root)
+    log_text = (tmp_path / "run" / "log.txt").read_text()
+    assert "--force" in log_text and "keys differ: seed" in log_text
