@@ -27,6 +27,11 @@ OPEN_KEY_MARKER = "_open"
 # A mapping whose default holds ``_shorthand: name`` also takes a plain value, which sets its
 # sub-key ``name``: ``backbone=PATH`` means ``backbone.source=PATH`` beside ``backbone.weights``.
 SHORTHAND_KEY_MARKER = "_shorthand"
+# A defaults file's top-level ``_types`` maps dotted keys whose default is null to the types
+# they take (``int``, ``int | list``...), so ``train.max_steps=abc`` is refused like any
+# other wrong type. It is read with the defaults and never part of a config.
+TYPES_KEY = "_types"
+_TYPE_NAMES = ("bool", "int", "float", "str", "list", "mapping")
 # YAML 1.1 reads "5e-4" (no dot) as a string; we read it as the float users mean.
 _SCI_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
@@ -96,12 +101,37 @@ def _type_name(value: Any) -> str:
     )
 
 
-def _check_type(key: str, default: Any, value: Any, source: str) -> Any:
-    """Return ``value`` coerced to the default's type, or raise a ConfigError."""
+def _declared_type(key: str, spec: str, value: Any, source: str) -> Any:
+    """Return ``value`` if it is one of the types ``spec`` names (``"int | list"``)."""
+    names = [n.strip() for n in spec.split("|")]
+    unknown = [n for n in names if n not in _TYPE_NAMES]
+    if unknown:
+        raise ConfigError(
+            f"{TYPES_KEY} of '{key}' names unknown types {unknown}; use {_TYPE_NAMES}"
+        )
+    for name in names:
+        if name == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if name == "list" and isinstance(value, (list, tuple)):
+            return list(value)
+        if name != "float" and _type_name(value) == name:
+            return value
+    raise ConfigError(
+        f"config key '{key}' (from {source}) expects {spec} or null, got "
+        f"{_type_name(value)} {value!r}. Fix the value, or write {key}=null for the default."
+    )
+
+
+def _check_type(
+    key: str, default: Any, value: Any, source: str, declared: str | None = None
+) -> Any:
+    """Return ``value`` coerced to the default's (or declared) type, or raise a ConfigError."""
     if isinstance(value, str) and _SCI_FLOAT.match(value.strip()):
         value = float(value)
-    if default is None or value is None:
+    if value is None:
         return value
+    if default is None:
+        return value if declared is None else _declared_type(key, declared, value, source)
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -125,12 +155,19 @@ def _check_type(key: str, default: Any, value: Any, source: str) -> Any:
 
 
 def merge(
-    base: Mapping, override: Mapping, source: str, prefix: str = "", root: Mapping | None = None
+    base: Mapping,
+    override: Mapping,
+    source: str,
+    prefix: str = "",
+    root: Mapping | None = None,
+    types: Mapping[str, str] | None = None,
 ) -> dict:
     """Return ``base`` updated by ``override`` with strict keys and type checks.
 
     ``root`` is the whole tree (for suggesting full dotted keys); defaults to ``base``.
+    ``types`` declares the types of keys whose default is null (dotted key: type names).
     """
+    types = types or {}
     root = base if root is None else root
     out = copy.deepcopy(dict(base))
     open_keys = bool(base.get(OPEN_KEY_MARKER, False))
@@ -146,9 +183,9 @@ def merge(
         if shorthand and not isinstance(value, Mapping):
             value = {shorthand: value}
         if isinstance(default, Mapping) and isinstance(value, Mapping):
-            out[key] = merge(default, value, source, path + ".", root)
+            out[key] = merge(default, value, source, path + ".", root, types)
         else:
-            out[key] = _check_type(path, default, value, source)
+            out[key] = _check_type(path, default, value, source, types.get(path))
     return out
 
 
@@ -220,6 +257,11 @@ def _nest(key: str, value: Any) -> dict:
     return node
 
 
+def declared_types(stage: str, config_root: Path = CONFIG_ROOT) -> dict[str, str]:
+    """The ``_types`` of a stage's defaults file: dotted key -> the types its null default takes."""
+    return _read_yaml(config_root / stage / "default.yaml").get(TYPES_KEY) or {}
+
+
 def load_config(
     stage: str,
     config: str | Path | None = None,
@@ -230,6 +272,7 @@ def load_config(
     defaults_path = config_root / stage / "default.yaml"
     cfg = _read_yaml(defaults_path)
     cfg.pop("base", None)
+    types = cfg.pop(TYPES_KEY, None) or {}
     if config is not None:
         path = resolve_config_path(config, stage, config_root)
         for layer, source in _layers(path, stage, config_root):
@@ -239,10 +282,10 @@ def load_config(
                     f"Use `python -m {layer['stage']}` or a configs/{stage}/ file."
                 )
             if Path(source).resolve() != defaults_path.resolve():
-                cfg = merge(cfg, layer, source)
+                cfg = merge(cfg, layer, source, types=types)
     for arg in overrides:
         key, value = parse_override(arg)
-        cfg = merge(cfg, _nest(key, value), f"command-line override '{arg}'")
+        cfg = merge(cfg, _nest(key, value), f"command-line override '{arg}'", types=types)
     return to_config(cfg)
 
 

@@ -7,7 +7,15 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from common.config import OPEN_KEY_MARKER, Config, ConfigError, load_config, merge, parse_override
+from common.config import (
+    OPEN_KEY_MARKER,
+    Config,
+    ConfigError,
+    declared_types,
+    load_config,
+    merge,
+    parse_override,
+)
 
 PREFIX = "slurm."
 EXECUTORS = ("slurm", "local", "inline")
@@ -45,11 +53,12 @@ def load_launch_options(
     Unknown keys and wrong types raise a ConfigError naming the closest valid key.
     """
     opts = load_config("launch")
+    types = declared_types("launch")
     for mapping, source in layers:
-        opts = Config(merge(opts, {"slurm": dict(mapping)}, source))
+        opts = Config(merge(opts, {"slurm": dict(mapping)}, source, types=types))
     for arg in overrides:
         key, value = _parse(arg)
-        opts = Config(merge(opts, _nest(key, value), f"command-line option '{arg}'"))
+        opts = Config(merge(opts, _nest(key, value), f"command-line option '{arg}'", types=types))
     slurm = opts["slurm"]
     slurm["time"] = None if slurm["time"] is None else format_time(slurm["time"])
     for key in ("nodes", "cpus_per_task", "max_requeues", "array_parallelism"):

@@ -24,6 +24,7 @@ from common.artifacts import ARTIFACT_KEYS, artifact_value, sha256_path
 from common.config import (
     Config,
     ConfigError,
+    declared_types,
     load_config,
     merge,
     parse_override,
@@ -164,11 +165,16 @@ def plan(
 
         try:
             cfg: dict = to_dict(load_config(stage, _config_path(spec.get("config"), source)))
+            types = declared_types(stage)
             for key, value in _flatten(spec.get("overrides") or {}).items():
-                cfg = merge(cfg, _nest(key, resolve(value, key)), f"{source} stage '{name}'")
+                cfg = merge(
+                    cfg, _nest(key, resolve(value, key)), f"{source} stage '{name}'", types=types
+                )
             for arg in per_stage[name]:
                 key, value = parse_override(arg)
-                cfg = merge(cfg, _nest(key, resolve(value, key)), f"override '{name}.{arg}'")
+                cfg = merge(
+                    cfg, _nest(key, resolve(value, key)), f"override '{name}.{arg}'", types=types
+                )
             slurm_layers = [(data.get("slurm") or {}, f"{source} slurm")]
             slurm_layers.append((spec.get("slurm") or {}, f"{source} stage '{name}' slurm"))
             slurm = load_launch_options(slurm_layers, launch_cli).slurm

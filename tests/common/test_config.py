@@ -123,3 +123,35 @@ def test_scientific_notation_in_files_is_a_float(root, tmp_path):
     exp = tmp_path / "exp.yaml"
     exp.write_text(f"base: {root / 'toy' / 'default.yaml'}\ntrain:\n  lr: 5e-4\n")
     assert load_config("toy", exp, config_root=root).train.lr == 5e-4
+
+
+def _null_keys(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            keys.extend(_null_keys(v, f"{prefix}{k}."))
+        elif v is None:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+@pytest.mark.parametrize(
+    "stage", ["pretrain", "distill", "distill/segment", "fewshot/probe", "launch"]
+)
+def test_every_null_default_declares_its_type(stage):
+    from common.config import CONFIG_ROOT, TYPES_KEY
+
+    data = yaml.safe_load((CONFIG_ROOT / stage / "default.yaml").read_text())
+    types = data.pop(TYPES_KEY)
+    assert sorted(types) == sorted(_null_keys(data)), stage
+
+
+def test_a_null_default_takes_only_its_declared_type():
+    with pytest.raises(ConfigError, match=r"'train.max_steps'.*expects int or null.*'abc'"):
+        load_config("pretrain", None, ["train.max_steps=abc"])
+    with pytest.raises(ConfigError, match="expects int | list"):
+        load_config("distill", None, ["data.image_size=big"])
+    cfg = load_config("distill", None, ["data.image_size=[32, 48]", "attention.image_size=64"])
+    assert cfg.data.image_size == [32, 48] and cfg.attention.image_size == 64
+    assert load_config("pretrain", None, ["train.max_steps=null"]).train.max_steps is None
+    assert "_types" not in load_config("pretrain")
