@@ -19,6 +19,7 @@ from common.rundir import (
     changed_config_keys,
     prepare_run_dir,
     restore_run_dir,
+    schedule_change,
     setup_logging,
     snapshot_run_dir,
 )
@@ -163,6 +164,7 @@ def run_stage(
         return fn(cfg, run)
     before = snapshot_run_dir(output_dir)
     replaced = changed_config_keys(output_dir, cfg, stage, config_root) if force else []
+    schedule_warning = schedule_change(output_dir, cfg, stage, config_root)
     try:
         run = prepare_run_dir(output_dir, cfg, stage, force=force, config_root=config_root)
         check_run_inputs(run.root, cfg, force=force)
@@ -176,6 +178,8 @@ def run_stage(
                 run.root,
                 ", ".join(replaced),
             )
+        if schedule_warning:
+            log.warning("%s", schedule_warning)
         return fn(cfg, run)
     except BaseException:
         if restore_run_dir(before):

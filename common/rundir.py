@@ -70,6 +70,11 @@ class RunDir:
 
 # Keys a user may change when resuming without it counting as "a different run".
 RESUMABLE_KEYS = ("train.max_steps", "device", "data.num_workers", "launch")
+# Stages where train.max_steps only says where to stop: pretrain's schedules span
+# train.epochs, distill's enhancer and the probes keep a constant lr. In fewshot and
+# distill.segment it is also the cosine schedule's length: a resume with another value bends
+# the learning rate mid-run, which run_stage warns about.
+MAX_STEPS_STOPS_ONLY = ("pretrain", "distill", "fewshot/probe")
 
 
 def changed_config_keys(
@@ -85,6 +90,28 @@ def changed_config_keys(
         for k in diff_configs(to_dict(old), to_dict(cfg))
         if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)
     ]
+
+
+def schedule_change(
+    run_dir: str | Path, cfg: Config, stage: str, config_root: Path = CONFIG_ROOT
+) -> str | None:
+    """A warning when resuming a run with another train.max_steps in a stage whose schedule
+    spans train.max_steps; None otherwise."""
+    run = RunDir(Path(run_dir))
+    if stage in MAX_STEPS_STOPS_ONLY or not run.config.is_file() or not run.checkpoints.is_dir():
+        return None
+    if not any(run.checkpoints.iterdir()):
+        return None
+    old = load_config(stage, run.config, config_root=config_root).get("train", {})
+    before, now = old.get("max_steps"), cfg.get("train", {}).get("max_steps")
+    if before == now:
+        return None
+    return (
+        f"resuming {run.root} with train.max_steps={now} (it was {before}): in {stage} "
+        "train.max_steps is also the learning-rate schedule's length, so the schedule changes "
+        "mid-run (the lr jumps to where the new schedule is at this step). Use another "
+        "--output-dir to train with a clean schedule."
+    )
 
 
 def prepare_run_dir(

@@ -277,6 +277,19 @@ class Trainer:
             self.device,
             self.world,
         )
+        if self.total_steps < len(self.schedules):
+            # The schedules span train.epochs; max_steps only stops early, so the lr at the
+            # stop is not the schedule's end (resume with a larger max_steps to continue).
+            log.info(
+                "train.max_steps=%d stops early: the schedules span train.epochs=%s "
+                "(%d steps); the lr at step %d will be %.3g, not the final %.3g",
+                self.total_steps,
+                t.epochs,
+                len(self.schedules),
+                self.total_steps,
+                float(self.schedules.lr[self.total_steps - 1]),
+                float(self.schedules.lr[-1]),
+            )
         self.model.train()
         bar = tqdm(
             total=self.total_steps,
@@ -350,7 +363,9 @@ class Trainer:
         summary: dict = {
             "steps": self.step,
             "skipped_steps": self.skipped,
+            # False when train.max_steps stopped before the end of the train.epochs schedules.
             "completed": self.step >= len(self.schedules),
+            "schedule_steps": len(self.schedules),
             "train_seconds": self.train_seconds + time.perf_counter() - self._start,
             "export": str(self.run.export),
         }

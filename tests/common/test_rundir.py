@@ -118,3 +118,18 @@ def test_force_logs_the_keys_it_replaced(tmp_path, root):
     run_stage("toy", lambda c, r: {}, changed, tmp_path / "run", force=True, config_root=root)
     log_text = (tmp_path / "run" / "log.txt").read_text()
     assert "--force" in log_text and "keys differ: seed" in log_text
+
+
+@pytest.mark.parametrize("stage, warned", [("toy", True), ("pretrain", False)])
+def test_resuming_with_another_max_steps_warns_where_it_is_the_schedule(
+    tmp_path, root, stage, warned
+):
+    (root / stage).mkdir(exist_ok=True)
+    (root / stage / "default.yaml").write_text(yaml.safe_dump({**DEFAULTS, "stage": stage}))
+    first = load_config(stage, None, ["train.max_steps=4"], config_root=root)
+    run = prepare_run_dir(tmp_path / "run", first, stage, config_root=root)
+    (run.checkpoints / "last.pt").write_text("weights")
+    longer = load_config(stage, None, ["train.max_steps=8"], config_root=root)
+    run_stage(stage, lambda c, r: {}, longer, run.root, config_root=root)
+    log_text = run.log.read_text()
+    assert ("train.max_steps=8 (it was 4)" in log_text) == warned
