@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
 from common.artifacts import check_run_inputs
-from common.config import CONFIG_ROOT, Config, load_config
+from common.config import CONFIG_ROOT, TYPES_KEY, Config, load_config
 from common.errors import UserError
 from common.rundir import (
     CONSOLE_SKIP,
@@ -90,6 +92,47 @@ def _backbone_epilog(stage: str) -> str:
     return ""
 
 
+_KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_]\w*):(?P<rest>.*)$")
+
+
+def _comment(rest: str) -> str:
+    """The text after `` # `` on a YAML line (defaults files keep ``#`` out of values)."""
+    return rest.split(" #", 1)[1].strip() if " #" in rest else ""
+
+
+def defaults_key_list(stage: str, config_root: Path = CONFIG_ROOT) -> str:
+    """Every leaf key of a stage's defaults file with its default and the first line of its
+    comment (on the key's line, else just above it), read from the file so ``--help`` cannot
+    drift from it."""
+    cfg = load_config(stage, config_root=config_root)
+    lines: list[str] = []
+    stack: list[tuple[int, str]] = []  # (indent, key) of the mappings the line is inside
+    above: list[str] = []  # the comment block right above the current line
+    for line in (config_root / stage / "default.yaml").read_text().splitlines():
+        if line.strip().startswith("#"):
+            above.append(line.strip().lstrip("#").strip())
+            continue
+        m = _KEY_LINE.match(line)
+        comment = (_comment(m["rest"]) if m else "") or (above[0] if above else "")
+        above = []
+        if not m:
+            continue
+        indent, key = len(m["indent"]), m["key"]
+        stack = [(i, k) for i, k in stack if i < indent]
+        path = [k for _, k in stack] + [key]
+        stack.append((indent, key))
+        if path[0] in ("stage", TYPES_KEY) or key.startswith("_"):
+            continue
+        value: object = cfg
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, dict):
+            continue
+        shown = "null" if value is None else json.dumps(value)
+        lines.append(f"  {'.'.join(path)}={shown}  {comment}".rstrip())
+    return "\n".join(lines)
+
+
 def build_parser(stage: str, description: str) -> argparse.ArgumentParser:
     defaults = CONFIG_ROOT / stage / "default.yaml"
     presets = ", ".join(sorted(p.stem for p in defaults.parent.glob("*.yaml")))
@@ -98,11 +141,13 @@ def build_parser(stage: str, description: str) -> argparse.ArgumentParser:
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
-            f"Every key and its default (with comments on why) is in {defaults}.\n"
-            f"Presets in that folder: {presets}.\n"
             "Overrides are dotted key=value pairs parsed as YAML, e.g. train.lr=5e-4 "
             "train.max_steps=100 data.root=/data/scenes.\nUnknown keys and wrong types are "
-            "errors that name the closest valid key." + _backbone_epilog(stage)
+            "errors that name the closest valid key."
+            + _backbone_epilog(stage)
+            + f"\n\nKeys, their defaults and why (from {defaults}):\n"
+            + defaults_key_list(stage)
+            + f"\n\nPresets in that folder: {presets}."
         ),
     )
     parser.add_argument(

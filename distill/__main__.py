@@ -6,12 +6,17 @@ from distill.stage import run
 DESCRIPTION = """\
 Turn a self-supervised ViT's attention into pixel pseudo-labels.
 
-For every image of data.train_split that has image-level labels it extracts the last
-block's cls attention (per head), thresholds the head mean (mask.rule), refines it with the
-variation-aware refine, and assigns foreground pixels to the image's classes (assign.rule);
+For every image of data.train_split that has image-level labels it takes the heads of the
+attention.layers blocks (attention.source: cosine of the cls query to the patch keys by
+default), turns each head towards the objects (mask.head_polarity), replaces the head mean by
+a linear foreground probe on the patch tokens (mask.token_probe), cuts it (mask.rule: otsu),
+refines it (refine.*) and assigns foreground pixels to the image's classes (assign.rule);
 masks go to <output-dir>/pseudo_masks/weak/<id>.png. With mixed.enabled an enhancer trained
-on mixed.num_gt_images GT masks writes pseudo_masks/mixed/. quality.md / figures/ compare
-the pseudo-labels with ground truth and with no-learning and random-ViT baselines.
+on mixed.num_gt_images GT masks writes pseudo_masks/mixed/. quality.md / figures/ compare the
+pseudo-labels with ground truth and with no-learning and random-ViT baselines.
+
+Example:
+  python -m distill --config fashion_tiny backbone=runs/pt --output-dir runs/distill
 """
 
 if __name__ == "__main__":

@@ -3,11 +3,22 @@
 from common.cli import stage_main
 from fewshot.stage import run
 
+DESCRIPTION = """\
+Train a few-shot classification + segmentation (FS-CS) head on a frozen backbone and evaluate
+it, next to a random-backbone head and a prototype baseline, on the held-out fold.
+
+The run is set by backbone (required), fold (the held-out classes), way and shot (the test
+episodes) and supervision (full = ground-truth masks; weak / mixed = a distill run's
+pseudo-masks, given as pseudo_masks=<distill run dir>).
+
+Example:
+  python -m fewshot --config fashion_tiny backbone=runs/pt pseudo_masks=runs/distill \\
+      fold=0 way=2 shot=1 supervision=weak --output-dir runs/fscs
+"""
+
 if __name__ == "__main__":
     stage_main(
         "fewshot",
         run,
-        "Train a few-shot classification + segmentation (FS-CS) head on a frozen backbone and "
-        "evaluate it, next to a random-backbone head and a prototype baseline, on the held-out "
-        "fold.",
+        DESCRIPTION,
     )

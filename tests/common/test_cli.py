@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from common.checkpoint import CheckpointError
-from common.cli import run_cli
+from common.cli import defaults_key_list, run_cli
 from common.datasets.errors import DatasetNotFoundError
 
 
@@ -50,3 +54,38 @@ def test_a_dataloader_worker_traceback_is_cut_to_the_original_message(capsys) ->
     with pytest.raises(SystemExit):
         run_cli(_raise(wrapped), [])
     assert capsys.readouterr().err == "error: checkpoint /r/last.pt is unreadable\n"
+
+
+TOY_DEFAULTS = """\
+stage: toy
+seed: 0                  # seeds everything
+# Why the lr is what it is.
+# A second line that help leaves out.
+lr: 0.001
+train:
+  max_steps: null        # step to stop at
+  sizes: [1, 2]
+_types:
+  train.max_steps: int
+"""
+
+
+def test_help_key_list_is_read_from_the_defaults_file(tmp_path: Path) -> None:
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "default.yaml").write_text(TOY_DEFAULTS)
+    assert defaults_key_list("toy", tmp_path).splitlines() == [
+        "  seed=0  seeds everything",
+        "  lr=0.001  Why the lr is what it is.",
+        "  train.max_steps=null  step to stop at",
+        "  train.sizes=[1, 2]",
+    ]
+
+
+def test_fewshot_help_names_the_keys_that_set_a_run() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-m", "fewshot", "--help"], cwd=repo, capture_output=True, text=True
+    ).stdout
+    for key in ("backbone.source=null", "pseudo_masks=null", "fold=0", "way=1", "shot=1"):
+        assert f"\n  {key}  " in out, key
+    assert "supervision=" in out and "Example:" in out
