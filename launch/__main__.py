@@ -49,9 +49,86 @@ Examples:
 """
 
 
+USAGE = """\
+python -m launch STAGE --config FILE [--executor slurm|local|inline] [slurm.KEY=V] [key=value]
+       python -m launch pipeline --config FILE [--executor ...] [STAGE.key=value ...]
+       python -m launch sweep --stage STAGE --config FILE key=v1,v2 [other=a,b] [slurm.KEY=V]
+       python -m launch status|cancel RUN_DIR
+       python -m launch TARGET --help   (the help of one stage or command)"""
+
+# `python -m launch <target> --help`: what that target does, its arguments and an example.
+SUBCOMMAND_HELP = {
+    "pipeline": """\
+usage: python -m launch pipeline --config FILE [--executor slurm|local|inline] [--output-dir DIR]
+                                 [--force] [--no-wait] [slurm.KEY=V ...] [STAGE.key=value ...]
+
+Run the stages a pipeline file lists (configs/pipeline/), each after the ones whose artifacts
+it reads (${stage.artifact} references; afterok on SLURM). The local executor runs them one
+after the other; the results are gathered into report.md in the pipeline directory.
+STAGE.key=value overrides one stage's config.
+
+Example:
+  python -m launch pipeline --config configs/pipeline/fashion_tiny.yaml --executor local
+""",
+    "sweep": """\
+usage: python -m launch sweep --stage STAGE --config FILE key=v1,v2 [other=a,b ...]
+                              [--executor slurm|local|inline] [slurm.KEY=V ...] [key=value ...]
+
+Run a stage once per point of the grid of the comma-separated values (a SLURM job array on
+slurm); key=value without a comma is fixed for every point. A YAML list is one value:
+model.layers=[8,10] stays whole. Results of every point are tabulated at the end.
+
+Example:
+  python -m launch sweep --stage pretrain --config fashion_tiny train.lr=1e-3,3e-3 seed=0,1
+""",
+    "status": """\
+usage: python -m launch status RUN_DIR
+
+Jobs of a run, pipeline or sweep directory: their state, last step and metrics, and log paths.
+
+Example:
+  python -m launch status runs/pipeline/fashion_tiny
+""",
+    "cancel": """\
+usage: python -m launch cancel RUN_DIR
+
+Cancel the SLURM jobs (or local processes) a run, pipeline or sweep directory started.
+
+Example:
+  python -m launch cancel runs/pipeline/fashion_tiny
+""",
+}
+STAGE_HELP = """\
+usage: python -m launch {stage} --config FILE [--executor slurm|local|inline] [--output-dir DIR]
+       [--force] [--no-wait] [--time HH:MM:SS] [slurm.KEY=V ...] [key=value ...]
+
+Run `python -m {module}` as a SLURM job, a local process or in this process. slurm.KEY=V are
+launch options (configs/launch/default.yaml); every other key=value overrides the stage's
+config (`python -m {module} --help` lists its keys).
+
+Example:
+  python -m launch {stage} --config fashion_tiny --executor local
+"""
+
+
+def subcommand_help(argv: Sequence[str]) -> str | None:
+    """The help of ``python -m launch <target> --help``; None without --help or a target."""
+    if not {"-h", "--help"} & set(argv):
+        return None
+    targets = [a for a in argv if not a.startswith("-")]
+    if not targets:
+        return None
+    if targets[0] in SUBCOMMAND_HELP:
+        return SUBCOMMAND_HELP[targets[0]]
+    if targets[0] in STAGES:
+        return STAGE_HELP.format(stage=targets[0], module=targets[0].replace("/", "."))
+    return None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m launch",
+        usage=USAGE,
         description="Submit a stage, the whole pretrain -> distill -> fewshot chain, or a "
         "sweep as SLURM jobs (submitit), local processes, or in this process.",
         epilog=EPILOG,
@@ -199,6 +276,10 @@ def _run_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    text = subcommand_help(argv)
+    if text is not None:
+        print(text, end="")
+        return 0
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
     unknown = [a for a in rest if a.startswith("-")]
