@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from common.backbone import forward_tokens
+from common.faiss_quiet import faiss
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import faiss
 import numpy as np
+
+from common.faiss_quiet import faiss
 
 
 def knn_predict(
