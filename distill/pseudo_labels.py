@@ -100,7 +100,10 @@ def make_refiner(r: Config) -> torch.nn.Module:
 class PseudoLabeler:
     """Turns a backbone's attention into foreground and class masks for labelled images."""
 
-    def __init__(self, model: torch.nn.Module, cfg: Config, device: torch.device) -> None:
+    def __init__(
+        self, model: torch.nn.Module, cfg: Config, device: torch.device, name: str = "backbone"
+    ) -> None:
+        self.name = name  # prefixes its log lines: a baseline's fit reads apart from the real one
         self.model = model.to(device).eval()
         self.device = device
         self.cfg = cfg
@@ -177,7 +180,8 @@ class PseudoLabeler:
         self.head_signs = acc.signs()
         flipped = (self.head_signs < 0).nonzero().flatten().tolist()
         log.info(
-            "head polarity from %d single-label images: heads %s flipped (of %d)",
+            "%s: head polarity from %d single-label images: heads %s mirrored (of %d)",
+            self.name,
             acc.images,
             flipped or "none",
             len(self.head_signs),
@@ -200,7 +204,17 @@ class PseudoLabeler:
             self.head_signs = self.head_signs * flips
             stats = {"flips": flips.tolist(), "separation": round(sep, 5)}
         self.fg_probe = probe
-        log.info("foreground probe on patch tokens: %s; head signs %s", stats, self.head_signs)
+        refined = [i for i, f in enumerate(stats["flips"]) if f < 0]
+        final = [] if self.head_signs is None else (self.head_signs < 0).nonzero().flatten()
+        log.info(
+            "%s: foreground probe fitted on the patch tokens; refining on its map mirrored heads "
+            "%s%s; heads mirrored in the end: %s",
+            self.name,
+            refined or "none",
+            f" (fg/bg separation {stats['separation']})" if "separation" in stats else "",
+            [int(i) for i in final] or "none",
+        )
+        log.debug("foreground probe stats %s, head signs %s", stats, self.head_signs)
         return stats
 
     def fit_prototypes(self, images: FitImages, num_classes: int) -> dict:

@@ -111,5 +111,5 @@ def write_report(rows: Sequence[dict], extra: dict, out_dir: Path, title: str) -
     (out_dir / "quality.md").write_text(f"# {title}\n\n{table}\n")
     (out_dir / "quality.json").write_text(json.dumps({"rows": list(rows), **extra}, indent=2))
     plot_quality(rows, out_dir / "figures" / "quality.png", title)
-    log.info("pseudo-label quality (%s):\n%s", title, table)
+    log.info("%s:\n%s", title, table)
     return {"table": table}

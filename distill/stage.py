@@ -103,7 +103,17 @@ class EnhancerPool:
             },
         )
         summary["seconds"] = round(time.perf_counter() - t0, 2)
-        log.info("enhancer on %d GT images: %s", n, summary)
+        log.info(
+            "enhancer on %d GT images: %d steps on %d images; validation fg IoU %.1f%% -> %.1f%% "
+            "(%d held-out images), %.1f s",
+            n,
+            summary["steps"],
+            summary["train_images"],
+            100 * summary["val_fg_iou_initial"],
+            100 * summary["val_fg_iou_best"],
+            summary["val_images"],
+            summary["seconds"],
+        )
         self.models[n], self.summaries[n] = model, summary
         return model
 
@@ -152,7 +162,9 @@ def _quality(
         add("colour saliency (no learning)", 0, preds)
     if cfg.quality.random_backbone:
         torch.manual_seed(cfg.seed + 1)
-        random_labeler = PseudoLabeler(build_backbone(info["timm_kwargs"]), cfg, labeler.device)
+        random_labeler = PseudoLabeler(
+            build_backbone(info["timm_kwargs"]), cfg, labeler.device, "random-init ViT baseline"
+        )
         random_labeler.fit(
             iter_batches(train_ds, proto_idx, cfg.attention.batch_size, cfg.data.empty_labels),
             train_ds.num_classes,
@@ -188,7 +200,7 @@ def _quality(
         "enhancers": pool.summaries if pool is not None else {},
     }
     write_report(
-        rows, extra, run.root, f"pseudo-label quality on {len(eval_idx)} {eval_ds.split} images"
+        rows, extra, run.root, f"Pseudo-label quality on {len(eval_idx)} {eval_ds.split} images"
     )
     _figures(cfg, run, labeler, cache, pool)
     return {"rows": rows, **extra}

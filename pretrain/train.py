@@ -386,8 +386,14 @@ class Trainer:
                 summary.update(self.probe(self.model.teacher.backbone))
                 self.metrics.log(self.step, **{k: summary[k] for k in ("knn_top1",)})
             (self.run.root / "summary.json").write_text(json.dumps(summary, indent=2))
-        # Every rank logs it: equal values show the replicas stayed in sync (DDP).
-        log.info("rank %d teacher checksum %.10e", self.rank, weights_checksum(self.model.teacher))
+        # Every rank logs it: equal values show the replicas stayed in sync (DDP). A single
+        # process has nothing to compare it with.
+        log.log(
+            logging.INFO if self.world > 1 else logging.DEBUG,
+            "rank %d teacher checksum %.10e (the same on every rank when replicas stayed in sync)",
+            self.rank,
+            weights_checksum(self.model.teacher),
+        )
         dist.barrier()
         return summary
 

@@ -67,6 +67,16 @@ def test_cli_writes_pseudo_masks_figures_and_quality(distill_run, fashion_scenes
     assert (out / "checkpoints" / "last.pt").is_file()
 
 
+def test_log_labels_the_baseline_and_prints_no_raw_tensors(distill_run):
+    log_text = (distill_run[0] / "log.txt").read_text()
+    assert "backbone: head polarity from" in log_text
+    assert "random-init ViT baseline: head polarity from" in log_text
+    assert "random-init ViT baseline: foreground probe fitted" in log_text
+    assert "tensor(" not in log_text and "{'flips'" not in log_text
+    assert "Pseudo-label quality on 16 val images:" in log_text
+    assert "quality (" not in log_text
+
+
 def test_rerun_resumes_the_enhancer_and_reproduces_the_masks(distill_run, caplog):
     out, args = distill_run
     before = {p.name: p.read_bytes() for p in (out / "pseudo_masks" / "mixed").glob("*.png")}
