@@ -216,7 +216,7 @@ def _run_stage(args: argparse.Namespace, overrides: list[str]) -> int:
 def _print_summary(stage: str, summary: dict) -> None:
     from launch.report import results_table
 
-    print(results_table([(stage, summary.get("state", "COMPLETED"), summary)]))
+    print(results_table([(stage, stage, summary.get("state", "COMPLETED"), summary)]))
 
 
 def _run_pipeline(args: argparse.Namespace, overrides: list[str]) -> int:

@@ -12,8 +12,6 @@ from pathlib import Path
 from common.rundir import read_metrics
 
 log = logging.getLogger(__name__)
-MAX_COLUMNS = 8
-METRIC_WORDS = ("iou", "acc", "top1", "exact", "map", "knn", "f1")
 
 
 def flat_numbers(summary: Mapping, prefix: str = "", depth: int = 4) -> dict[str, float]:
@@ -40,26 +38,109 @@ def read_summary(run_dir: Path) -> dict:
         return {}
 
 
-def _is_metric(key: str) -> bool:
-    leaf = key.rsplit(".", 1)[-1].lower()
-    return any(word in leaf for word in METRIC_WORDS)
+def _pct(value: object) -> str:
+    """A fraction in 0..1 as the stage tables show it: percent, one decimal."""
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return f"{100 * value:.1f} %"
+    return "-"
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.4g}"
+def _get(tree: Mapping, dotted: str) -> object:
+    node: object = tree
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
 
 
-def results_table(rows: list[tuple[str, str, dict]]) -> str:
-    """A markdown table: one row per stage (name, state) with its first headline numbers."""
-    lines = ["| stage | state | results |", "| --- | --- | --- |"]
-    for name, state, summary in rows:
-        numbers = flat_numbers(summary)
-        # Quality numbers first (mIoU, accuracy, ...), book-keeping (steps, seconds) after.
-        shown = sorted(numbers.items(), key=lambda kv: not _is_metric(kv[0]))[:MAX_COLUMNS]
-        text = ", ".join(f"{k}={_fmt(v)}" for k, v in shown) or "-"
-        if len(numbers) > MAX_COLUMNS:
-            text += f", ... ({len(numbers) - MAX_COLUMNS} more in results.json)"
-        lines.append(f"| {name} | {state} | {text} |")
+def _pretrain(summary: Mapping) -> tuple[str, str]:
+    steps = summary.get("steps")
+    done = "" if summary.get("completed", True) else " (stopped early)"
+    result = f"{steps} steps{done}" if steps is not None else "-"
+    if "knn_top1" in summary:
+        result = f"k-NN top-1 {_pct(summary['knn_top1'])}, {result}"
+    return result, "-"
+
+
+def _distill(summary: Mapping) -> tuple[str, str]:
+    rows = summary.get("rows") or _get(summary, "quality.rows") or []
+    miou = {r["method"]: r.get("miou") for r in rows if isinstance(r, Mapping)}
+    enhanced = [m for m in miou if m.startswith("+ enhancer")]
+    result = f"weak pseudo-labels mIoU {_pct(miou.get('attention + refine'))}"
+    if enhanced:
+        result += f", {enhanced[-1][2:]} {_pct(miou[enhanced[-1]])}"
+    saliency = next((m for m in miou if m.startswith("colour saliency")), None)
+    baseline = [f"colour saliency {_pct(miou[saliency])}"] if saliency else []
+    if "random-init ViT + refine" in miou:
+        baseline.append(f"random ViT {_pct(miou['random-init ViT + refine'])}")
+    return result, ", ".join(baseline) or "-"
+
+
+def _segment(summary: Mapping) -> tuple[str, str]:
+    result = f"mIoU {_pct(_get(summary, 'pseudo.miou'))} (trained on pseudo-masks)"
+    gt = _get(summary, "gt.miou")
+    return result, f"trained on GT {_pct(gt)}" if gt is not None else "-"
+
+
+def _fewshot(summary: Mapping) -> tuple[str, str]:
+    test = summary.get("test") or {}
+    ways = sorted((w for w in test if w.endswith("way")), key=lambda w: int(w[:-3]))
+    if not ways:
+        return "-", "-"
+    way = ways[-1]
+
+    def cell(model: str) -> str:
+        er, miou = _get(test, f"{way}.{model}.exact_ratio"), _get(test, f"{way}.{model}.miou")
+        return f"ER {_pct(er)}, mIoU {_pct(miou)}"
+
+    baseline = [
+        f"{label} {cell(model)}"
+        for model, label in (("random_head", "random ViT"), ("prototype", "prototype"))
+        if model in test[way]
+    ]
+    return f"{way} {cell('head')}", "; ".join(baseline) or "-"
+
+
+def _probe(summary: Mapping) -> tuple[str, str]:
+    def cell(model: str) -> str:
+        res = _get(summary, f"models.{model}")
+        if not isinstance(res, Mapping):
+            return "-"
+        logreg = res.get("logreg") or {}
+        first = next(iter(logreg), None)
+        parts = [f"logreg {first} {_pct(logreg[first].get('mean'))}"] if first else []
+        knn = res.get("knn") or {}
+        share = next(iter(knn), None)
+        if share and knn[share]:
+            k, acc = next(iter(knn[share].items()))
+            parts.append(f"k-NN {share} {k} {_pct(acc)}")
+        return ", ".join(parts) or "-"
+
+    baseline = cell("random_backbone")
+    return cell("backbone"), "-" if baseline == "-" else f"random ViT {baseline}"
+
+
+HEADLINES = {
+    "pretrain": _pretrain,
+    "distill": _distill,
+    "distill/segment": _segment,
+    "fewshot": _fewshot,
+    "fewshot/probe": _probe,
+}
+
+
+def headline(stage: str, summary: Mapping) -> tuple[str, str]:
+    """The numbers that matter of a stage's results: (its headline metric, its baseline)."""
+    if not summary or stage not in HEADLINES:
+        return "-", "-"
+    return HEADLINES[stage](summary)
+
+
+def results_table(rows: list[tuple[str, str, str, Mapping]]) -> str:
+    """A markdown table, one row per (name, stage, state, summary): headline and baseline, %."""
+    lines = ["| stage | state | result | baseline |", "| --- | --- | --- | --- |"]
+    for name, stage, state, summary in rows:
+        result, baseline = headline(stage, summary)
+        lines.append(f"| {name} | {state} | {result} | {baseline} |")
     return "\n".join(lines)
 
 
@@ -106,7 +187,7 @@ def write_report(pipeline_dir: Path, stages: list[dict]) -> tuple[str, Path]:
     for entry in stages:
         run_dir = Path(entry["run_dir"])
         summary = read_summary(run_dir)
-        rows.append((entry["name"], entry["state"], summary))
+        rows.append((entry["name"], entry["stage"], entry["state"], summary))
         parts = [f"## {entry['name']} (`{entry['stage']}`, {entry['state']})", ""]
         parts.append(f"Run directory: `{run_dir}`")
         loss = plot_losses(run_dir / "metrics.jsonl", figures_dir / f"{entry['name']}_loss.png")

@@ -11,7 +11,7 @@ from PIL import Image
 from common.artifacts import ArtifactError, sha256_path
 from common.rundir import MetricsLogger
 from launch.manifest import Manifest
-from launch.report import flat_numbers, write_report
+from launch.report import flat_numbers, results_table, write_report
 from launch.sweep import parse_axes, point_name
 
 
@@ -58,16 +58,81 @@ def test_report_plots_losses_and_links_stage_figures(tmp_path: Path) -> None:
     for step in range(1, 6):
         logger.log(step, loss=5.0 / step, loss_dino=4.0 / step, lr=1e-3)
     Image.new("RGB", (8, 8)).save(run / "figures" / "attention.png")
-    (run / "results.json").write_text(json.dumps({"knn": {"top1": 0.5}, "steps": 5, "ok": True}))
+    (run / "results.json").write_text(json.dumps({"knn_top1": 0.5, "steps": 5}))
     table, report = write_report(
         tmp_path,
         [{"name": "pretrain", "stage": "pretrain", "state": "COMPLETED", "run_dir": str(run)}],
     )
-    assert "knn.top1=0.5" in table and "steps=5" in table and "ok=" not in table
+    assert "| pretrain | COMPLETED | k-NN top-1 50.0 %, 5 steps | - |" in table
     text = report.read_text()
     assert "![pretrain loss](figures/pretrain_loss.png)" in text
     assert "(pretrain/figures/attention.png)" in text
     assert (tmp_path / "figures" / "pretrain_loss.png").stat().st_size > 1000
+
+
+def _quality_row(method: str, miou: float) -> dict:
+    return {
+        "method": method,
+        "gt_images": 0,
+        "miou": miou,
+        "fb_iou": 0.5,
+        "iou_per_class": [0.1] * 11,
+    }
+
+
+def _probe_model(acc: float) -> dict:
+    splits = [{"seed": s, "labels": 10, "accuracy": acc} for s in range(5)]
+    logreg = {f"shot{k}": {"mean": acc, "std": 0.01, "splits": splits} for k in (1, 2, 5)}
+    return {
+        "logreg": logreg,
+        "knn": {"pct100": {"k20": acc - 0.05, "k10": acc - 0.06}},
+        "multilabel": {"mAP": 0.3, "per_class": [0.3] * 10},
+        "segmentation": {"miou": 0.2, "iou_per_class": [0.2] * 11},
+    }
+
+
+def test_final_table_is_one_short_row_per_stage_in_percent() -> None:
+    ways = {
+        f"{w}way": {
+            m: {"exact_ratio": 0.4, "accuracy": 0.6, "miou": 0.25, "fb_iou": 0.5}
+            for m in ("head", "random_head", "prototype")
+        }
+        for w in (1, 2)
+    }
+    rows = [
+        ("pretrain", "pretrain", "COMPLETED", {"steps": 600, "completed": True, "knn_top1": 0.61}),
+        (
+            "distill",
+            "distill",
+            "COMPLETED",
+            {
+                "rows": [
+                    _quality_row("colour saliency (no learning)", 0.4),
+                    _quality_row("random-init ViT + refine", 0.13),
+                    _quality_row("attention (raw)", 0.22),
+                    _quality_row("attention + refine", 0.299),
+                    _quality_row("+ enhancer (10 GT)", 0.35),
+                ]
+            },
+        ),
+        (
+            "probe",
+            "fewshot/probe",
+            "COMPLETED",
+            {"models": {"backbone": _probe_model(0.62), "random_backbone": _probe_model(0.48)}},
+        ),
+        ("fscs", "fewshot", "COMPLETED", {"setting": {"fold": 0}, "test": ways}),
+        ("wsss", "distill/segment", "FAILED", {}),
+    ]
+    lines = results_table(rows).splitlines()
+    assert len(lines) == 2 + len(rows)
+    assert max(len(line) for line in lines) <= 160, max(lines, key=len)
+    assert "weak pseudo-labels mIoU 29.9 %, enhancer (10 GT) 35.0 %" in lines[3]
+    assert "colour saliency 40.0 %, random ViT 13.0 %" in lines[3]
+    assert "logreg shot1 62.0 %, k-NN pct100 k20 57.0 %" in lines[4]
+    assert "random ViT logreg shot1 48.0 %" in lines[4]
+    assert "2way ER 40.0 %, mIoU 25.0 %" in lines[5]
+    assert lines[6] == "| wsss | FAILED | - | - |"
 
 
 def test_flat_numbers_skips_non_finite_and_text() -> None:
