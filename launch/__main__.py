@@ -64,8 +64,10 @@ usage: python -m launch pipeline --config FILE [--executor slurm|local|inline] [
 
 Run the stages a pipeline file lists (configs/pipeline/), each after the ones whose artifacts
 it reads (${stage.artifact} references; afterok on SLURM). The local executor runs them one
-after the other; the results are gathered into report.md in the pipeline directory.
-STAGE.key=value overrides one stage's config.
+after the other. While it waits it logs each running stage's step, ETA and log path every
+30 s; at the end a table gives each stage's headline metric and its baseline in %, and
+report.md in the pipeline directory adds loss curves and figures. STAGE.key=value overrides
+one stage's config.
 
 Example:
   python -m launch pipeline --config configs/pipeline/fashion_tiny.yaml --executor local

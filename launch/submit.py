@@ -17,6 +17,7 @@ from common.rundir import changed_config_keys
 from launch.job import REQUEUE_COUNT, StageJob
 from launch.manifest import now
 from launch.options import EXECUTORS, sbatch_parameters, time_minutes
+from launch.progress import progress_line
 from launch.records import SUBMITIT_DIR, add_job, job_state
 from launch.slurm import TERMINAL, LaunchError, job_infos, require_slurm, test_submission
 
@@ -144,15 +145,23 @@ def submit_stage(
     if dependencies:
         record["after"] = list(dependencies)
     add_job(run_dir, record, **common)
-    log.info("%s: submitted %s job %s (%s)", job.stage, executor, sub.job_id, run_dir)
+    log.info(
+        "%s: submitted %s job %s; its log: %s", job.stage, executor, sub.job_id, run_dir / "log.txt"
+    )
     return Submitted(str(sub.job_id), executor, run_dir, handle=sub)
 
 
 def wait_jobs(
-    jobs: Sequence[Submitted], poll_s: float = 2.0, timeout_s: float | None = None
+    jobs: Sequence[Submitted],
+    poll_s: float = 2.0,
+    timeout_s: float | None = None,
+    report_s: float = 30.0,
 ) -> dict[str, str]:
-    """Block until every job reached a final state; returns job id -> state."""
-    start = time.monotonic()
+    """Block until every job reached a final state; returns job id -> state.
+
+    Every ``report_s`` seconds it logs each running job's progress (step, ETA, log path).
+    """
+    start = last_report = time.monotonic()
     states: dict[str, str] = {}
     pending = [j for j in jobs if j.executor != "inline"]
     for j in jobs:
@@ -178,6 +187,10 @@ def wait_jobs(
             else:
                 still.append(j)
         pending = still
+        if pending and time.monotonic() - last_report >= report_s:
+            last_report = time.monotonic()
+            for j in pending:
+                log.info("%s", progress_line(j.run_dir.name, j.run_dir, start))
         if pending:
             if timeout_s is not None and time.monotonic() - start > timeout_s:
                 raise LaunchError(
