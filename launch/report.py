@@ -111,7 +111,7 @@ def _probe(summary: Mapping) -> tuple[str, str]:
         knn = res.get("knn") or {}
         share = next(iter(knn), None)
         if share and knn[share]:
-            k, acc = next(iter(knn[share].items()))
+            k, acc = list(knn[share].items())[-1]  # the largest k (DINO's k=20)
             parts.append(f"k-NN {share} {k} {_pct(acc)}")
         return ", ".join(parts) or "-"
 

@@ -85,7 +85,7 @@ def _probe_model(acc: float) -> dict:
     logreg = {f"shot{k}": {"mean": acc, "std": 0.01, "splits": splits} for k in (1, 2, 5)}
     return {
         "logreg": logreg,
-        "knn": {"pct100": {"k20": acc - 0.05, "k10": acc - 0.06}},
+        "knn": {"pct100": {"k=1": acc - 0.1, "k=20": acc - 0.05}},
         "multilabel": {"mAP": 0.3, "per_class": [0.3] * 10},
         "segmentation": {"miou": 0.2, "iou_per_class": [0.2] * 11},
     }
@@ -129,7 +129,7 @@ def test_final_table_is_one_short_row_per_stage_in_percent() -> None:
     assert max(len(line) for line in lines) <= 160, max(lines, key=len)
     assert "weak pseudo-labels mIoU 29.9 %, enhancer (10 GT) 35.0 %" in lines[3]
     assert "colour saliency 40.0 %, random ViT 13.0 %" in lines[3]
-    assert "logreg shot1 62.0 %, k-NN pct100 k20 57.0 %" in lines[4]
+    assert "logreg shot1 62.0 %, k-NN pct100 k=20 57.0 %" in lines[4]
     assert "random ViT logreg shot1 48.0 %" in lines[4]
     assert "2way ER 40.0 %, mIoU 25.0 %" in lines[5]
     assert lines[6] == "| wsss | FAILED | - | - |"
