@@ -30,7 +30,11 @@ CONSOLE_SKIP = "console_skip"
 
 @dataclass(frozen=True)
 class RunDir:
-    """Paths inside ``<output_dir>``; see README "Run directory"."""
+    """Paths inside ``<output_dir>``; see README "Run directory".
+
+    ``checkpoints``, ``export`` and ``figures`` are created when a stage first asks for them,
+    so a run directory holds only the folders its stage writes.
+    """
 
     root: Path
 
@@ -46,25 +50,30 @@ class RunDir:
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
 
+    def _folder(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     @property
     def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+        return self._folder("checkpoints")
 
     @property
     def last_checkpoint(self) -> Path:
-        return self.checkpoints / "last.pt"
+        # Not created: reading it from a run that is not there must not make one.
+        return self.root / "checkpoints" / "last.pt"
 
     @property
     def export(self) -> Path:
-        return self.root / "export"
+        return self._folder("export")
 
     @property
     def figures(self) -> Path:
-        return self.root / "figures"
+        return self._folder("figures")
 
     def make(self) -> RunDir:
-        for d in (self.root, self.checkpoints, self.export, self.figures):
-            d.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
         return self
 
 

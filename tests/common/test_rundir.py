@@ -29,9 +29,11 @@ def root(tmp_path_factory):
 def test_run_dir_layout_and_config_written(tmp_path, root):
     cfg = load_config("toy", config_root=root)
     run = prepare_run_dir(tmp_path / "run", cfg, "toy", config_root=root)
-    for path in (run.config, run.checkpoints, run.export, run.figures):
-        assert path.exists()
     assert load_config("toy", run.config, config_root=root) == cfg
+    # Folders appear when a stage first uses them, not before.
+    assert sorted(p.name for p in run.root.iterdir()) == ["config.yaml"]
+    assert run.figures.is_dir() and not (run.root / "export").exists()
+    assert not run.last_checkpoint.parent.exists()
 
 
 def test_different_config_refused_unless_forced(tmp_path, root):

@@ -103,6 +103,8 @@ def test_probe_cli_end_to_end(fashion_scenes_root, tiny_export, tmp_path):
     assert 0.0 <= res["multilabel"]["mAP"] <= 1.0 and 0.0 <= res["segmentation"]["miou"] <= 1.0
     assert (out / "figures" / "accuracy_vs_labels.png").stat().st_size > 1000
     assert (out / "splits" / "shot2_seed1.json").is_file()
+    # Only the folders the probe uses: no training loop, so no checkpoints/ or export/.
+    assert not (out / "checkpoints").exists() and not (out / "export").exists()
     saved = json.loads((out / "results.json").read_text())
     assert saved["backbone_hash"] == results["backbone_hash"]
     # Same command again: features from the cache, the same split files, the same numbers.
