@@ -1,12 +1,14 @@
 """N-way K-shot FS-CS episodes whose query may hold none, some or all of the N classes.
 
-Protocol (after CST / the FS-CS setting of Kang & Cho, 2022): a query image is drawn from
-the images that show at least one class of the pool; each of the N support classes is,
-with probability ``presence_prior`` (0.5 in the reference), one the query shows, otherwise
-one it does not show; K support images per class are drawn among the other images showing
+Our protocol (``EpisodeSampler``, for the FS-CS setting of Kang & Cho, 2022): a query image
+is drawn from the images that show at least one class of the pool; each of the N support
+classes is, with probability ``presence_prior`` (0.5 by default), one the query shows,
+otherwise one it does not show; K support images per class are drawn among the other images showing
 that class. Images that show an ``excluded`` class (the test fold, during training) are left
 out entirely, so those classes are never seen. Evaluation episodes come from
 ``episode(index)``: seeded by index, every run and every model sees the same ones.
+CST samples its test episodes differently (``CSTEpisodeSampler``, ``protocol: cst``): its
+queries show a support class more often.
 """
 
 from __future__ import annotations
