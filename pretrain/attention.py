@@ -2,7 +2,7 @@
 
 For each image: the input, each head's cls-to-patch attention as a heatmap over the image,
 and each head's thresholded mask keeping the patches that hold ``--mass`` of the attention
-(DINO keeps 60 %), written as one PNG grid per image.
+(DINO keeps 60 %), with how many heads keep each patch, written as one PNG grid per image.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from common.cli import add_debug_flag, run_cli
 from common.datasets.errors import CorruptDataError
 from common.rundir import setup_logging
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -39,59 +43,108 @@ def mass_threshold_masks(attn: torch.Tensor, mass: float) -> torch.Tensor:
     return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
-    """An image file as a [3, size, size] float tensor in [0, 1]."""
+def native_size(path: Path, patch: int) -> tuple[int, int]:
+    """An image file's (height, width), each rounded to the nearest multiple of ``patch``."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            rgb = img.convert("RGB").resize((size, size), Image.BICUBIC)
+            width, height = img.size
+    except (OSError, UnidentifiedImageError) as exc:
+        raise CorruptDataError(f"cannot read image {path}: {exc}") from None
+    return tuple(max(patch, round(side / patch) * patch) for side in (height, width))
+
+
+def load_image(path: Path, size: int | tuple[int, int]) -> torch.Tensor:
+    """An image file as a [3, H, W] float tensor in [0, 1] (``size``: side or (H, W))."""
+    from PIL import Image, UnidentifiedImageError
+
+    height, width = (size, size) if isinstance(size, int) else size
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB").resize((width, height), Image.BICUBIC)
     except (OSError, UnidentifiedImageError) as exc:
         raise CorruptDataError(f"cannot read image {path}: {exc}") from None
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float() / 255.0
 
 
-def attention_figure(image: torch.Tensor, attn: torch.Tensor, mass: float, out: Path) -> None:
-    """Save a 2 x (heads + 1) grid: heatmaps over the image, then thresholded masks."""
+def attention_panels(image: torch.Tensor, attn: torch.Tensor, mass: float) -> Figure:
+    """A 2 x (heads + 1) matplotlib figure.
+
+    Top row: the image, then each head's cls-to-patch attention over it, on one colour scale
+    (the colour bar: share of the head's attention per patch). Bottom row: how many heads keep
+    each patch in their top-``mass`` mask (colour bar: 0..heads), then each head's mask.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     heads, h, w = attn.shape
-    size = image.shape[-1]
-    up = F.interpolate(attn[None], size=(size, size), mode="nearest")[0]
+    size = tuple(image.shape[-2:])
+    up = F.interpolate(attn[None], size=size, mode="nearest")[0]
     masks = mass_threshold_masks(attn.flatten(1), mass).reshape(heads, h, w).float()
-    masks = F.interpolate(masks[None], size=(size, size), mode="nearest")[0]
+    masks = F.interpolate(masks[None], size=size, mode="nearest")[0]
     rgb = image.permute(1, 2, 0).numpy()
-    fig, axes = plt.subplots(2, heads + 1, figsize=(2 * (heads + 1), 4.2), squeeze=False)
+    pct = int(round(mass * 100))
+    fig, axes = plt.subplots(
+        2, heads + 1, figsize=(2 * (heads + 1) + 1, 4.6), squeeze=False, layout="constrained"
+    )
     axes[0, 0].imshow(rgb)
     axes[0, 0].set_title("image", fontsize=8)
+    # How many heads agree on a patch: a union of every head's mask covers nearly all of it.
     axes[1, 0].imshow(rgb)
-    axes[1, 0].imshow(masks.amax(0).numpy(), alpha=0.5, cmap="Reds", vmin=0, vmax=1)
-    axes[1, 0].set_title(f"union, {int(mass * 100)}% mass", fontsize=8)
+    agree = axes[1, 0].imshow(
+        masks.sum(0).numpy(),
+        alpha=0.6,
+        cmap=plt.get_cmap("viridis", heads + 1),
+        vmin=-0.5,
+        vmax=heads + 0.5,
+    )
+    axes[1, 0].set_title(f"heads keeping a patch\n(top {pct} % each)", fontsize=8)
+    heat = None
+    vmax = float(attn.max())
     for i in range(heads):
         axes[0, i + 1].imshow(rgb)
-        axes[0, i + 1].imshow(up[i].numpy(), alpha=0.6, cmap="inferno")
-        axes[0, i + 1].set_title(f"head {i}", fontsize=8)
+        heat = axes[0, i + 1].imshow(up[i].numpy(), alpha=0.6, cmap="inferno", vmin=0.0, vmax=vmax)
+        axes[0, i + 1].set_title(f"head {i}: attention", fontsize=8)
         axes[1, i + 1].imshow(rgb * masks[i].numpy()[..., None])
+        axes[1, i + 1].set_title(f"head {i}: top {pct} % mass", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
-    fig.tight_layout()
+    fig.colorbar(heat, ax=list(axes[0]), fraction=0.02, pad=0.01, label="cls attention")
+    bar = fig.colorbar(agree, ax=list(axes[1]), fraction=0.02, pad=0.01, label="heads")
+    bar.set_ticks(range(heads + 1))
+    return fig
+
+
+def attention_figure(image: torch.Tensor, attn: torch.Tensor, mass: float, out: Path) -> None:
+    """Save :func:`attention_panels` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = attention_panels(image, attn, mass)
     fig.savefig(out, dpi=100)
     plt.close(fig)
 
 
 def write_attention_figures(
-    model: torch.nn.Module, images: list[Path], out: Path, size: int, mass: float = 0.6
+    model: torch.nn.Module,
+    images: list[Path],
+    out: Path,
+    size: int | None,
+    mass: float = 0.6,
+    patch: int = 1,
 ) -> list[Path]:
-    """One DINO-style attention grid per image file; returns the PNG paths."""
+    """One DINO-style attention grid per image file; returns the PNG paths.
+
+    ``size`` None: each image at its own size rounded to the ``patch`` grid.
+    """
     out.mkdir(parents=True, exist_ok=True)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     written = []
     for path in images:
-        image = load_image(path, size)
+        image = load_image(path, size if size is not None else native_size(path, patch))
         attn = last_block_attention(model, ((image - mean) / std)[None])["attn"][0]
         target = out / f"{path.stem}_attention.png"
         attention_figure(image, attn, mass, target)
@@ -116,7 +169,11 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--images", nargs="+", required=True, help="image files to visualise")
     parser.add_argument("--out", required=True, help="folder for the PNG grids")
     parser.add_argument(
-        "--size", type=int, default=None, help="input side (default: the backbone's img_size)"
+        "--size",
+        type=int,
+        default=None,
+        help="square input side, a multiple of the patch size (default: each image at its own "
+        "size, rounded to the patch grid)",
     )
     parser.add_argument(
         "--mass", type=float, default=0.6, help="attention mass kept by the masks (DINO: 0.6)"
@@ -127,12 +184,11 @@ def _main(argv: list[str]) -> int:
         parser.error(f"--mass must be in (0, 1], got {args.mass}")
     setup_logging(None)
     model, info = load_backbone(args.checkpoint, weights=args.weights)
-    size = args.size or int(info["timm_kwargs"]["img_size"])
     patch = int(info["timm_kwargs"]["patch_size"])
-    if size % patch:
-        parser.error(f"--size {size} is not a multiple of the patch size {patch}")
+    if args.size is not None and args.size % patch:
+        parser.error(f"--size {args.size} is not a multiple of the patch size {patch}")
     written = write_attention_figures(
-        model, [Path(p) for p in args.images], Path(args.out), size, args.mass
+        model, [Path(p) for p in args.images], Path(args.out), args.size, args.mass, patch
     )
     for target in written:
         log.info("wrote %s", target)
