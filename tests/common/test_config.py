@@ -136,7 +136,7 @@ def _null_keys(tree: dict, prefix: str = "") -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "stage", ["pretrain", "distill", "distill/segment", "fewshot/probe", "launch"]
+    "stage", ["pretrain", "distill", "distill/segment", "fewshot", "fewshot/probe", "launch"]
 )
 def test_every_null_default_declares_its_type(stage):
     from common.config import CONFIG_ROOT, TYPES_KEY
