@@ -53,6 +53,8 @@ def test_segment_trains_evaluates_and_resumes(
         more = [a for a in args if not a.startswith("train.max_steps")] + ["train.max_steps=5"]
         _run(["--output-dir", str(out), *more])
     assert "resumed from" in caplog.text and "at step 3" in caplog.text
+    # max_steps is this stage's cosine schedule length: the changed schedule is named.
+    assert "train.max_steps=5 (it was 3)" in caplog.text
     assert json.loads((out / "summary.json").read_text())["pseudo"]["steps"] == 5
 
 
