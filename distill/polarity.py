@@ -2,7 +2,7 @@
 
 Heads of small self-supervised ViTs disagree: some attend to the objects, others to the
 background, and which ones differs between two runs of one recipe (measured in
-benchmarks/RESULTS.md, session 12). Their mean then cancels. A border prior cannot sort
+benchmarks/RESULTS.md). Their mean then cancels. A border prior cannot sort
 them when objects touch the frame or a convolutional stem's padding marks the border.
 
 The labels can. On each single-label image, split every head's map by rank into a bright

@@ -8,8 +8,8 @@ attention's confident patches instead: on each fit image the top ``seed_share`` 
 head-mean map are taken as foreground, the bottom ``seed_share`` as background, the middle
 is left out. Images known to show no object give all their patches as background. A
 linear model cannot follow the seeds' blobby errors, so its scores keep the
-direction the seeds agree on and sharpen the map (measured in benchmarks/RESULTS.md,
-session 13). Fitted with scikit-learn's logistic regression on L2-normalised tokens.
+direction the seeds agree on and sharpen the map (measured in benchmarks/RESULTS.md).
+Fitted with scikit-learn's logistic regression on L2-normalised tokens.
 
 The seeds are only as good as the heads' signs. Per head, the label criterion of
 :mod:`distill.polarity` is weak for heads near chance, and one wrong sign costs a third of

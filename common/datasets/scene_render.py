@@ -34,7 +34,7 @@ class SceneParams:
     count_probs: tuple[float, ...] = (0.05, 0.28, 0.37, 0.30)
     # Item side as a share of the scene side: >= 35 px at 64 px scenes, >= 2 patches of the
     # tiny pretraining ViT in its 32 px crops. With 0.35-0.75 (and bright backgrounds) its
-    # features stayed at chance (benchmarks/RESULTS.md, sessions 10 and 12).
+    # features stayed at chance (benchmarks/RESULTS.md).
     scale_min: float = 0.55
     scale_max: float = 0.9
     # Item pixels darker than this (0..255) are not item (Fashion-MNIST has a black border).
