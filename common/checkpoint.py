@@ -9,7 +9,7 @@ import pickle
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -87,17 +87,20 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     return path
 
 
-def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+def load_torch_file(
+    path: str | Path, map_location: str | torch.device = "cpu", extra_globals: Sequence = ()
+) -> Any:
     """``torch.load(weights_only=True)`` with our allowlist; a bad file -> CheckpointError.
 
     A damaged file is named as such; one that needs arbitrary unpickling (code could run
-    while loading it) is refused.
+    while loading it) is refused. ``extra_globals`` widens the allowlist (e.g. the
+    ``argparse.Namespace`` that public DINO checkpoints hold).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
+        with torch.serialization.safe_globals([*SAFE_GLOBALS, *extra_globals]):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc))

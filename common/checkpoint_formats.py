@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from common.checkpoint import CheckpointError
+from common.checkpoint import CheckpointError, load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -60,29 +60,18 @@ class Converted:
 
 
 def read_checkpoint(path: str | Path) -> object:
-    """``torch.load(weights_only=True)`` (plus ``argparse.Namespace``), or safetensors."""
+    """``load_torch_file`` (our allowlist plus ``argparse.Namespace``), or safetensors."""
     path = Path(path)
+    if path.suffix != ".safetensors":
+        return load_torch_file(path, extra_globals=[argparse.Namespace])
     if not path.is_file():
-        raise CheckpointError(f"backbone checkpoint not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        raise CheckpointError(f"checkpoint not found: {path}")
+    from safetensors.torch import load_file
 
-            return load_file(str(path))
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
-        found = re.search(r"GLOBAL (\S+)", str(exc))
-        if "Weights only load failed" in str(exc) and found:
-            raise CheckpointError(
-                f"{path} holds a {found.group(1)} object, which only arbitrary unpickling can "
-                "load (it could run code), so it is refused. Re-save its state dict with plain "
-                "tensors (`torch.save(model.state_dict(), FILE)`)."
-            ) from None
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint ({type(exc).__name__}); it is truncated, "
-            "corrupt or not a torch/safetensors file."
-        ) from None
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+        raise CheckpointError(f"checkpoint {path} is unreadable ({exc})") from None
 
 
 def _tensor_dict(obj: object) -> bool:

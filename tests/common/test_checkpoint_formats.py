@@ -107,7 +107,7 @@ def test_unknown_layout_lists_the_formats_we_read(tmp_path):
 def test_truncated_file_is_named(tmp_path):
     path = write("dino_pretrain", reference_vit(), tmp_path / "t.pth")
     path.write_bytes(path.read_bytes()[:2000])
-    with pytest.raises(CheckpointError, match="t.pth is not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="t.pth is unreadable"):
         load_backbone(path)
 
 
@@ -119,7 +119,7 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path):
 
 def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path):
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
-    with pytest.raises(CheckpointError, match="notes.txt is not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="notes.txt is unreadable"):
         load_backbone(tmp_path / "notes.txt")
 
 
