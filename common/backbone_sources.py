@@ -38,9 +38,8 @@ def _info(kwargs: dict, source: str, fmt: str, normalize: dict, dropped=()) -> d
     return {"format": EXPORT_FORMAT, "timm_kwargs": kwargs, "meta": meta}
 
 
-def _rebuild(state: dict, kwargs: dict, what: str) -> VisionTransformer:
-    """Our ViT from ``kwargs`` with the source keys converted by timm and loaded strictly."""
-    model = build_backbone(kwargs)
+def _load_converted(model: VisionTransformer, state: dict, what: str) -> VisionTransformer:
+    """Source keys converted by timm for ``model``, then loaded strictly; eval mode."""
     try:
         converted = to_timm_state(state, model)
     except Exception as exc:  # noqa: BLE001 - timm's converter assumes well-formed input
@@ -49,6 +48,11 @@ def _rebuild(state: dict, kwargs: dict, what: str) -> VisionTransformer:
         ) from None
     load_state_dict_strict(model, converted, what)
     return model.eval()
+
+
+def _rebuild(state: dict, kwargs: dict, what: str) -> VisionTransformer:
+    """Our ViT from ``kwargs`` with the source weights loaded."""
+    return _load_converted(build_backbone(kwargs), state, what)
 
 
 def from_checkpoint_file(path: str | Path) -> tuple[VisionTransformer, dict]:
@@ -88,12 +92,7 @@ def _create_timm(name: str, weights: str | None):
         model = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True)
         state, fmt, _ = unwrap(read_checkpoint(weights), weights)
         what = f"backbone.weights={weights} (detected: {fmt}) for timm:{name}"
-        try:
-            state = to_timm_state(state, model)
-        except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"{what}: timm could not convert it ({exc})") from None
-        load_state_dict_strict(model, state, what)
-        return model
+        return _load_converted(model, state, what)
     try:
         # Default num_classes: timm then loads strictly (it relaxes the check otherwise).
         model = timm.create_model(name, pretrained=True, dynamic_img_size=True)
