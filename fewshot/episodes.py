@@ -38,6 +38,19 @@ class Episode:
     presence: tuple[bool, ...]
 
 
+def short_classes(counts: dict[int, int], shot: int, name: str) -> dict[int, int]:
+    """Classes with fewer than K supports plus a query (class: images), logged as left out."""
+    short = {c: n for c, n in counts.items() if n < shot + 1}
+    if short:
+        log.warning(
+            "%s: classes %s (class: images) have fewer than shot+1=%d images and are left out",
+            name,
+            short,
+            shot + 1,
+        )
+    return short
+
+
 class EpisodeSampler:
     """Samples episodes over images with known image-level labels."""
 
@@ -69,15 +82,7 @@ class EpisodeSampler:
         cls_set = set(self.classes)
         self.labels = {i: cls_set & set(labels[i]) for i in pool if not excluded & set(labels[i])}
         by_class = {c: sorted(i for i, ls in self.labels.items() if c in ls) for c in self.classes}
-        # A class needs its K supports plus a query; classes with fewer images are dropped.
-        short = {c: len(v) for c, v in by_class.items() if len(v) < self.shot + 1}
-        if short:
-            log.warning(
-                "%s: classes %s (class: images) have fewer than shot+1=%d images and are left out",
-                name,
-                short,
-                self.shot + 1,
-            )
+        short = short_classes({c: len(v) for c, v in by_class.items()}, self.shot, name)
         self.classes = [c for c in self.classes if c not in short]
         if self.way > len(self.classes):
             raise EpisodeError(
@@ -150,16 +155,8 @@ class CSTEpisodeSampler:
     ) -> None:
         self.way, self.shot = int(way), int(shot)
         counts = {int(c): sum(int(c) in ls for ls in labels) for c in classes}
-        # A class needs K supports plus a query (CST's loader would loop forever without
-        # them); as in EpisodeSampler, such classes are left out with a warning.
-        short = {c: n for c, n in counts.items() if n < self.shot + 1}
-        if short:
-            log.warning(
-                "%s: classes %s (class: images) have fewer than shot+1=%d images and are left out",
-                name,
-                short,
-                self.shot + 1,
-            )
+        # CST's loader would loop forever on such classes; they are left out as in ours.
+        short = short_classes(counts, self.shot, name)
         self.classes = sorted(c for c in counts if c not in short)
         if self.way < 1 or self.shot < 1 or self.way > len(self.classes):
             raise EpisodeError(
