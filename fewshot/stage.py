@@ -24,7 +24,7 @@ from common.datasets.errors import DatasetNotFoundError
 from common.rundir import MetricsLogger, RunDir
 from common.runtime import resolve_device
 from fewshot.data import ImagePool, base_dataset, build_pool, load_masks, open_split
-from fewshot.episodes import CSTEpisodeSampler, Episode, EpisodeError, EpisodeSampler
+from fewshot.episodes import CSTEpisodeSampler, Episode, EpisodeSampler
 from fewshot.evaluate import assemble, score
 from fewshot.features import FrozenBackbone, open_backbone, random_export
 from fewshot.model import PROTOCOLS, FSCSModel, episode_probabilities
@@ -80,22 +80,6 @@ def check_setting(cfg: Config) -> tuple[list[int], list[int]]:
     return test_classes, train_classes
 
 
-def _sampler(name: str, **kwargs) -> EpisodeSampler:
-    try:
-        return EpisodeSampler(name=name, **kwargs)
-    except EpisodeError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def _cst_sampler(
-    name: str, labels: list[list[int]], classes: list[int], way: int, shot: int
-) -> CSTEpisodeSampler:
-    try:
-        return CSTEpisodeSampler(labels, classes, way, shot, name=name)
-    except EpisodeError as exc:
-        raise ConfigError(str(exc)) from None
-
-
 def _layers(cfg: Config, depth: int) -> list[int]:
     layers = list(range(depth)) if cfg.head.layers is None else list(cfg.head.layers)
     bad = [layer for layer in layers if not -depth <= layer < depth]
@@ -130,8 +114,8 @@ def make_episodes(
     common_kw = dict(
         labels=train_pool.labels, presence_prior=cfg.episodes.presence_prior, exclude=exclude
     )
-    train = _sampler(
-        "training episodes",
+    train = EpisodeSampler(
+        name="training episodes",
         classes=train_classes,
         way=1,
         shot=1,
@@ -142,8 +126,8 @@ def make_episodes(
     val: list[Episode] = []
     n_val_queries = 0
     if n_val:
-        val_sampler = _sampler(
-            "validation episodes",
+        val_sampler = EpisodeSampler(
+            name="validation episodes",
             classes=train_classes,
             way=1,
             shot=1,
@@ -156,10 +140,10 @@ def make_episodes(
     for way in sorted({1, cfg.way}):
         name = f"{way}-way {cfg.shot}-shot test episodes"
         if cfg.protocol == "cst":
-            sampler = _cst_sampler(name, test_pool.labels, test_classes, way, cfg.shot)
+            sampler = CSTEpisodeSampler(test_pool.labels, test_classes, way, cfg.shot, name=name)
         else:
-            sampler = _sampler(
-                name,
+            sampler = EpisodeSampler(
+                name=name,
                 labels=test_pool.labels,
                 classes=test_classes,
                 way=way,
