@@ -4,7 +4,7 @@ Xiao et al. 2021, "Early Convolutions Help Transformers See Better": a stack of 
 stride-2 convolutions (batch norm + ReLU, channels doubling up to ``embed_dim``) followed by
 one 1x1 convolution replaces the single patch-size convolution. Same token grid and the same
 transformer; it adds a locality prior that small ViTs on small data lack (measured in
-``benchmarks/RESULTS.md``: with every label, the ``fashion_tiny`` ViT reaches about twice
+``docs/notes/conv_stem.md``: with every label, the ``fashion_tiny`` ViT reaches about twice
 the accuracy in the same time with this stem).
 """
 

@@ -34,7 +34,7 @@ class SceneParams:
     count_probs: tuple[float, ...] = (0.05, 0.28, 0.37, 0.30)
     # Item side as a share of the scene side: >= 35 px at 64 px scenes, >= 2 patches of the
     # tiny pretraining ViT in its 32 px crops. With 0.35-0.75 (and bright backgrounds) its
-    # features stayed at chance (benchmarks/RESULTS.md).
+    # features stayed at chance (docs/notes/scenes.md).
     scale_min: float = 0.55
     scale_max: float = 0.9
     # Item pixels darker than this (0..255) are not item (Fashion-MNIST has a black border).
@@ -47,7 +47,7 @@ class SceneParams:
     background_max: float = DEFAULT_BACKGROUND_MAX
     # "texture": smooth colour noise or stripes, one pattern per scene. "mosaic": cells of
     # random colours (value 0.2-0.9), so that two crops of a scene share no pattern and the
-    # items' colours overlap the background's (measured in benchmarks/RESULTS.md).
+    # items' colours overlap the background's (measured in docs/notes/scenes.md).
     background: str = "texture"
 
     def to_json(self) -> dict:
