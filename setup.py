@@ -25,9 +25,19 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.2", "ruff>=0.6"],
+        # tensorboard: the tests read event files back.
+        "dev": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "pytest-timeout>=2.2",
+            "ruff>=0.6",
+            "tensorboard>=2.14",
+        ],
         # On GPU clusters: `pip install -e .[gpu]` then `pip uninstall faiss-cpu`.
         "gpu": ["xformers>=0.0.25", "faiss-gpu-cu12>=1.8"],
         "coco": ["pycocotools>=2.0.7"],
+        # Metric sinks besides metrics.jsonl (the `logging` config section).
+        "tensorboard": ["tensorboard>=2.14"],
+        "wandb": ["wandb>=0.16"],
     },
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ from common.config import (
     save_config,
     to_dict,
 )
+from common.metric_sinks import MetricSink, build_sinks
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # A record with this attribute set goes to the log files only (the CLI prints it itself).
@@ -263,11 +265,29 @@ def _jsonable(value: Any) -> Any:
 
 
 class MetricsLogger:
-    """Append one JSON object per call to ``metrics.jsonl``; each carries a ``step`` key."""
+    """Append one JSON object per call to ``metrics.jsonl``; each carries a ``step`` key.
 
-    def __init__(self, path: str | Path, enabled: bool = True) -> None:
+    The same records also go to TensorBoard event files beside it (``tensorboard``) and to a
+    Weights & Biases project (``wandb``: its name; ``wandb_mode`` offline needs no network):
+    a stage passes its ``logging`` config section. A disabled logger (ranks other than 0)
+    writes nothing anywhere.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        enabled: bool = True,
+        tensorboard: bool = False,
+        wandb: str | None = None,
+        wandb_mode: str = "online",
+    ) -> None:
         self.path = Path(path)
         self.enabled = enabled
+        self.sinks: list[MetricSink] = []
+        if enabled and (tensorboard or wandb):
+            self.sinks = build_sinks(self.path.parent, tensorboard, wandb, wandb_mode)
+            # Also on an exit that skips close(): a pre-empted job raises out of its loop.
+            atexit.register(self.close)
 
     def log(self, step: int, **values: Any) -> None:
         if not self.enabled:
@@ -275,6 +295,14 @@ class MetricsLogger:
         record = {"step": int(step), **{k: _jsonable(v) for k, v in values.items()}}
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
+        for sink in self.sinks:
+            sink.write(record["step"], {k: v for k, v in record.items() if k != "step"})
+
+    def close(self) -> None:
+        """Flush and close the sinks (metrics.jsonl needs nothing: each line is written whole)."""
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -130,7 +130,7 @@ class Trainer:
         self.step = 0
         self.skipped = 0
         self.train_seconds = 0.0  # wall-clock spent training, summed over resumes
-        self.metrics = MetricsLogger(run.metrics, enabled=self.rank == 0)
+        self.metrics = MetricsLogger(run.metrics, enabled=self.rank == 0, **cfg.logging)
         self.probe = None
         if cfg.eval.every and self.rank == 0:
             from pretrain.probe import KNNProbe
@@ -386,6 +386,7 @@ class Trainer:
                 summary.update(self.probe(self.model.teacher.backbone))
                 self.metrics.log(self.step, **{k: summary[k] for k in ("knn_top1",)})
             (self.run.root / "summary.json").write_text(json.dumps(summary, indent=2))
+            self.metrics.close()
         # Every rank logs it: equal values show the replicas stayed in sync (DDP). A single
         # process has nothing to compare it with.
         log.log(
