@@ -1,7 +1,8 @@
-"""One optimisation step shared by the stages' training loops, with the NaN/inf guard."""
+"""One optimisation step with the NaN/inf guard, and the stages' cosine learning-rate decay."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -13,13 +14,22 @@ class NonFiniteLossError(UserError, RuntimeError):
     """The loss (or gradient) became NaN/inf; raised before any parameter is updated."""
 
 
+def cosine_decay(step: int, total_steps: int) -> float:
+    """The learning-rate factor at ``step``: ``(1 + cos(pi * min(step, T) / T)) / 2``, T = total.
+
+    1 at step 0, falling to 0 at step T; indexed by step, so resuming is a lookup.
+    """
+    if total_steps <= 0:
+        raise ValueError(f"a schedule needs at least one step, got total_steps={total_steps}")
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
 def optimizer_step(
     loss: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     where: str,
     fix: str,
     before_raise: Callable[[], None] | None = None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> None:
     """Backward and step; a non-finite loss raises :class:`NonFiniteLossError` instead.
 
@@ -34,5 +44,3 @@ def optimizer_step(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
