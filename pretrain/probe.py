@@ -1,5 +1,6 @@
-"""Frozen-feature probes on labelled single-object scenes: k-NN (faiss) and low-shot logistic
-regression. Used for the periodic k-NN monitor during training and by the quality benchmark."""
+"""Frozen-feature probes on labelled single-object scenes: k-NN (faiss, on a GPU when faiss
+has GPU support) and low-shot logistic regression. Used for the periodic k-NN monitor during
+training and by the quality benchmark."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from common.backbone import forward_tokens
-from common.faiss_quiet import faiss
+from common.faiss_index import search_ip
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,7 @@ def knn_predict(
     bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, k: int, temperature: float
 ) -> np.ndarray:
     """Class of each query by temperature-weighted voting of its ``k`` cosine neighbours (DINO)."""
-    index = faiss.IndexFlatIP(bank.shape[1])
-    index.add(np.ascontiguousarray(bank, dtype=np.float32))
-    k = min(k, len(bank))
-    sims, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    sims, idx = search_ip(bank, queries, k)
     num_classes = int(bank_labels.max()) + 1
     votes = np.zeros((len(queries), num_classes))
     weights = np.exp(sims / temperature)

@@ -1,4 +1,5 @@
-"""Weighted k-NN classification on L2-normalised features (faiss inner product = cosine).
+"""Weighted k-NN classification on L2-normalised features (faiss inner product = cosine;
+the GPU index when faiss has GPU support).
 
 As in DINO's k-NN evaluation: the k nearest training features vote for their class with
 weight ``exp(cosine / T)``; the class with the largest total wins.
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from common.faiss_quiet import faiss
+from common.faiss_index import search_ip
 
 
 def knn_predict(
@@ -19,12 +20,8 @@ def knn_predict(
     """Predicted labels of ``test`` for every k in ``ks`` (k is capped at the training size)."""
     if temperature <= 0:
         raise ValueError(f"k-NN temperature must be > 0, got {temperature}")
-    train = np.ascontiguousarray(train, dtype=np.float32)
-    test = np.ascontiguousarray(test, dtype=np.float32)
-    index = faiss.IndexFlatIP(train.shape[1])
-    index.add(train)
-    kmax = min(max(ks), len(train))
-    sims, nn = index.search(test, kmax)
+    sims, nn = search_ip(train, test, max(ks))
+    kmax = nn.shape[1]
     classes = np.unique(labels)
     onehot = (labels[nn][..., None] == classes).astype(np.float32)  # [N, kmax, C]
     weights = np.exp(sims / temperature)[..., None]
