@@ -2,6 +2,8 @@
 
 Episodes index into a pool, so one backbone pass per image serves every episode (features
 are cached on disk by ``fewshot.features``). Masks are held at the network input size.
+Under CST's weak setting a pool has no supervision masks (``masks`` None) and, for
+training, the last-block queries and keys its query targets are made from (``pseudo``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from common.datasets.coco import COCOSegmentation
 from common.datasets.items import check_masks_exist
 from common.datasets.palette import read_mask
 from common.datasets.voc import VOCSegmentation, labels_of_mask
+from fewshot.cst_weak import LastBlockKeys
 from fewshot.features import FrozenBackbone, cached, extract
 
 log = logging.getLogger(__name__)
@@ -29,17 +32,19 @@ log = logging.getLogger(__name__)
 class ImagePool:
     """Images of one split: ``tokens`` [N, L, 1 + h*w, C] (head-normalised, fp16) or None
     when they are computed per batch by ``backbone``; ``masks`` uint8 [N, H, W] (the
-    supervision source), ``gt`` uint8 [N, H, W] (ground truth), ``labels`` ground-truth
-    image-level labels, ``dataset`` for reading images."""
+    supervision source; None: no masks, CST's weak setting), ``gt`` uint8 [N, H, W] (ground
+    truth), ``labels`` ground-truth image-level labels, ``dataset`` for reading images,
+    ``pseudo`` the source of on-the-fly query targets when ``masks`` is None."""
 
     ids: list[str]
     tokens: torch.Tensor | None
-    masks: torch.Tensor
+    masks: torch.Tensor | None
     gt: torch.Tensor
     labels: list[list[int]]
     dataset: Dataset
     backbone: FrozenBackbone | None = None
     layers: list[int] | None = None
+    pseudo: LastBlockKeys | None = None
 
     def image(self, index: int) -> torch.Tensor:
         return self.dataset[index]["image"]
@@ -162,3 +167,32 @@ def build_pool(
         backbone=backbone,
         layers=list(layers),
     )
+
+
+def build_last_block_keys(
+    ds: Dataset,
+    backbone: FrozenBackbone,
+    cache_dir: str | Path,
+    batch_size: int,
+    cache_features: bool = True,
+) -> LastBlockKeys:
+    """Last-block cls queries and patch keys of a split (cached like the tokens, in fp32 so
+    the 0.4 threshold sees the backbone's values), or per batch without the cache."""
+    if not cache_features:
+        return LastBlockKeys(backbone, ds)
+    base = base_dataset(ds)
+    name, record = cache_key(ds, "last_block_qk")
+    out = cached(
+        cache_dir,
+        backbone.hash,
+        name,
+        record,
+        lambda: extract(
+            ds,
+            backbone.last_block_qk,
+            batch_size,
+            desc=f"last-block keys {base.split}",
+            dtype=torch.float32,
+        ),
+    )
+    return LastBlockKeys(backbone, ds, out["cls_query"], out["patch_keys"])

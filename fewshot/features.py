@@ -20,6 +20,7 @@ from tqdm import tqdm
 from common.backbone import (
     backbone_hash,
     build_backbone,
+    capture_qk,
     export_backbone,
     load_backbone,
     num_prefix_tokens,
@@ -89,6 +90,19 @@ class FrozenBackbone:
         b, n_layers, t, c = toks.shape
         toks = toks.reshape(b, n_layers, t, self.num_heads, c // self.num_heads)
         return F.normalize(toks, dim=-1).reshape(b, n_layers, t, c)
+
+    @torch.no_grad()
+    def last_block_qk(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The last block's cls query [B, heads, d] and patch keys [B, heads, h*w, d]
+        (its attention's own q and k, from its normed input), unit norm per head."""
+        with capture_qk(self.model, (-1,)) as store:
+            self.model.forward_features(self.prepare(images))
+        q, k = store[self.depth - 1]
+        p = num_prefix_tokens(self.model)
+        return {
+            "cls_query": F.normalize(q[:, :, 0], dim=-1),
+            "patch_keys": F.normalize(k[:, :, p:], dim=-1),
+        }
 
 
 def _images_only(dataset: Dataset) -> Dataset:

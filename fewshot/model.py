@@ -56,9 +56,14 @@ class FSCSModel(nn.Module):
             )
 
     def forward(
-        self, query: torch.Tensor, support: torch.Tensor, support_mask: torch.Tensor
+        self, query: torch.Tensor, support: torch.Tensor, support_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``query``/``support``: [B, L, 1 + h*w, C] tokens; ``support_mask``: [B, H, W] bool."""
+        """``query``/``support``: [B, L, 1 + h*w, C] tokens; ``support_mask``: [B, H, W] bool,
+        or None (CST's weak setting): every support position counts, so no key is masked
+        (CST's head skips its masking) and ours pools over the whole support image."""
+        if support_mask is None:
+            size = (support.shape[0], self.image_size, self.image_size)
+            support_mask = torch.ones(size, dtype=torch.bool, device=support.device)
         if self.cst:
             s_tok = resized_support_tokens(support.float(), self.head.support_grid, self.num_heads)
             s_mask = support_mask
@@ -81,19 +86,28 @@ def one_way_batch(
     """Tensors for 1-way 1-shot passes given (query, support, class) triples.
 
     The query target is 1 where the supervision mask shows the class, 255 where it is ignore,
-    0 elsewhere; presence comes from the ground-truth image-level labels.
+    0 elsewhere; presence comes from the ground-truth image-level labels. A pool without
+    masks (CST's weak setting) gives ``support_mask`` None and the query's pseudo-mask for
+    its support (``fewshot.cst_weak``) as the target.
     """
     q = torch.tensor([p[0] for p in pairs])
     s = torch.tensor([p[1] for p in pairs])
     c = torch.tensor([p[2] for p in pairs]).view(-1, 1, 1)
-    qmask = pool.masks[q].long()
-    target = (qmask == c).long()
-    target[qmask == IGNORE_INDEX] = IGNORE_INDEX
     presence = torch.tensor([p[2] in pool.labels[p[0]] for p in pairs]).long()
+    if pool.masks is None:
+        if pool.pseudo is None:
+            raise ValueError("a pool without masks needs its last-block keys (pool.pseudo)")
+        target = pool.pseudo.query_masks(q, s, presence, pool.gt.shape[-1]).long()
+        support_mask = None
+    else:
+        qmask = pool.masks[q].long()
+        target = (qmask == c).long()
+        target[qmask == IGNORE_INDEX] = IGNORE_INDEX
+        support_mask = (pool.masks[s].long() == c).to(device)
     return {
         "query": pool.tokens_of(q).to(device),
         "support": pool.tokens_of(s).to(device),
-        "support_mask": (pool.masks[s].long() == c).to(device),
+        "support_mask": support_mask,
         "target": target.to(device),
         "presence": presence.to(device),
     }
@@ -131,7 +145,8 @@ def episode_probabilities(
     (shot-averaged), from N*K 1-way 1-shot passes batched together.
 
     ``support_pool`` supplies support tokens/masks (default ``pool``); it lets evaluation
-    read ground-truth support masks while training used pseudo-masks.
+    read ground-truth support masks while training used pseudo-masks. A support pool without
+    masks (CST's weak setting) passes None.
     """
     model.eval()
     sp = support_pool or pool
@@ -148,11 +163,8 @@ def episode_probabilities(
         q = torch.tensor([p[2] for p in chunk])
         s = torch.tensor([p[3] for p in chunk])
         c = torch.tensor([p[4] for p in chunk]).view(-1, 1, 1)
-        p_logits, m_logits = model(
-            pool.tokens_of(q).to(device),
-            sp.tokens_of(s).to(device),
-            (sp.masks[s].long() == c).to(device),
-        )
+        s_mask = None if sp.masks is None else (sp.masks[s].long() == c).to(device)
+        p_logits, m_logits = model(pool.tokens_of(q).to(device), sp.tokens_of(s).to(device), s_mask)
         p_prob = p_logits.softmax(-1)[:, 1].cpu()
         m_prob = m_logits.softmax(1)[:, 1].cpu()
         for i, (e_idx, n, *_rest) in enumerate(chunk):

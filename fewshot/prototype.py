@@ -44,8 +44,11 @@ def prototype_scores(
         for c, shots in zip(ep.classes, ep.supports, strict=True):
             feats = []
             for s in shots:
-                m = patch_mask((sp.masks[s].long() == c)[None], patch_size).flatten()
                 tok = _patches(sp, s)
+                if sp.masks is None:  # CST's weak setting has no support mask: the whole image
+                    feats.append(tok)
+                    continue
+                m = patch_mask((sp.masks[s].long() == c)[None], patch_size).flatten()
                 # An empty support mask falls back to the whole image.
                 feats.append(tok[m] if m.any() else tok)
             proto = F.normalize(torch.cat(feats).mean(0), dim=0)

@@ -4,7 +4,9 @@ Steps: features of the frozen backbone for the training and test splits (cached)
 correlation-transformer head trained on 1-way 1-shot episodes of the training classes
 (supervised by pseudo-masks or ground truth); the same head on a randomly initialised
 backbone, and the training-free prototype baseline; every model evaluated on the same fixed
-test episodes of the held-out fold (1-way and ``way``-way, ``shot``-shot).
+test episodes of the held-out fold (1-way and ``way``-way, ``shot``-shot). Under
+``supervision: cst_weak`` (CST's weak setting, ``fewshot.cst_weak``) no support mask reaches
+any model and training / validation queries are scored against on-the-fly pseudo-masks.
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ from common.datasets import folds
 from common.datasets.errors import DatasetNotFoundError
 from common.rundir import MetricsLogger, RunDir
 from common.runtime import resolve_device
-from fewshot.data import ImagePool, base_dataset, build_pool, load_masks, open_split
+from fewshot.cst_weak import LastBlockKeys
+from fewshot.data import (
+    ImagePool,
+    base_dataset,
+    build_last_block_keys,
+    build_pool,
+    load_masks,
+    open_split,
+)
 from fewshot.episodes import CSTEpisodeSampler, Episode, EpisodeSampler
 from fewshot.evaluate import assemble, score
 from fewshot.features import FrozenBackbone, open_backbone, random_export
@@ -33,7 +43,9 @@ from fewshot.train import TrainSettings, train_head
 from fewshot.visualize import episode_grid
 
 log = logging.getLogger(__name__)
-SUPERVISION = ("weak", "mixed", "full")
+# weak / mixed: stage-2 pseudo-masks; full: ground truth; cst_weak: CST's weak setting.
+SUPERVISION = ("weak", "mixed", "full", "cst_weak")
+PSEUDO_MASK_CHUNK = 64  # (query, support) pairs per backbone pass when making pseudo-masks
 
 
 def resolve_pseudo_masks(path: str | None, kind: str) -> Path:
@@ -41,7 +53,8 @@ def resolve_pseudo_masks(path: str | None, kind: str) -> Path:
     if path is None:
         raise ConfigError(
             f"supervision={kind} needs pseudo-masks: pass pseudo_masks=<distill run dir> "
-            "(or supervision=full to train on ground-truth masks)"
+            "(or supervision=full to train on ground-truth masks, or supervision=cst_weak for "
+            "CST's weak setting, which makes its pseudo-masks on the fly)"
         )
     root = Path(path)
     for cand in (root / kind, root / "pseudo_masks" / kind):
@@ -138,19 +151,7 @@ def make_episodes(
         val, n_val_queries = val_sampler.fixed(cfg.episodes.val_episodes), len(val_sampler)
     test = {}
     for way in sorted({1, cfg.way}):
-        name = f"{way}-way {cfg.shot}-shot test episodes"
-        if cfg.protocol == "cst":
-            sampler = CSTEpisodeSampler(test_pool.labels, test_classes, way, cfg.shot, name=name)
-        else:
-            sampler = EpisodeSampler(
-                name=name,
-                labels=test_pool.labels,
-                classes=test_classes,
-                way=way,
-                shot=cfg.shot,
-                presence_prior=cfg.episodes.presence_prior,
-                seed=cfg.episodes.seed + way,
-            )
+        sampler = test_sampler(cfg, test_pool.labels, test_classes, way)
         test[way] = sampler.fixed(cfg.episodes.test_episodes)
     log.info(
         "fold %d: training classes %s on %d images (validation: %d of %d held-out images, "
@@ -165,6 +166,42 @@ def make_episodes(
         len(sampler),
     )
     return EpisodeSets(train=train, val=val, test=test)
+
+
+def test_sampler(
+    cfg: Config, labels: list[list[int]], classes: list[int], way: int
+) -> EpisodeSampler | CSTEpisodeSampler:
+    """The sampler of the ``way``-way test episodes: CST's or ours, by ``protocol``."""
+    name = f"{way}-way {cfg.shot}-shot test episodes"
+    if cfg.protocol == "cst":
+        return CSTEpisodeSampler(labels, classes, way, cfg.shot, name=name)
+    return EpisodeSampler(
+        name=name,
+        labels=labels,
+        classes=classes,
+        way=way,
+        shot=cfg.shot,
+        presence_prior=cfg.episodes.presence_prior,
+        seed=cfg.episodes.seed + way,
+    )
+
+
+def scoring_targets(pool: ImagePool, episodes: list[Episode]) -> tuple[list[Episode], torch.Tensor]:
+    """Episodes and the masks they are scored against on training-class images: the pool's
+    supervision masks, or (CST's weak setting, no masks) each 1-way 1-shot episode's query
+    pseudo-mask for its support, as class ids, the episode re-indexed to its own row."""
+    if pool.masks is not None:
+        return episodes, pool.masks
+    rows = []
+    for start in range(0, len(episodes), PSEUDO_MASK_CHUNK):
+        chunk = episodes[start : start + PSEUDO_MASK_CHUNK]
+        q = torch.tensor([e.query for e in chunk])
+        s = torch.tensor([e.supports[0][0] for e in chunk])
+        c = torch.tensor([e.classes[0] for e in chunk]).view(-1, 1, 1)
+        present = torch.tensor([e.presence[0] for e in chunk])
+        rows.append(pool.pseudo.query_masks(q, s, present, pool.gt.shape[-1]).long() * c)
+    targets = torch.cat(rows).to(torch.uint8) if rows else pool.gt[:0]
+    return [replace(e, query=i) for i, e in enumerate(episodes)], targets
 
 
 def fit_head(
@@ -190,9 +227,11 @@ def fit_head(
         protocol=cfg.protocol,
     ).to(bb.device)
 
+    val_scored, val_targets = scoring_targets(pool, episodes.val)
+
     def validate(m: FSCSModel) -> float:
         probs = episode_probabilities(m, pool, episodes.val, bb.device, cfg.eval.batch_size)
-        return score(episodes.val, probs, pool.masks, num_classes)["miou"]
+        return score(val_scored, probs, val_targets, num_classes)["miou"]
 
     if not episodes.val:
         log.info("%s: data.val_fraction=0, no validation: the last weights are kept", tag)
@@ -224,14 +263,28 @@ def fit_head(
 
 
 def load_pools(
-    cfg: Config, bb: FrozenBackbone, layers: list[int], train_ds, test_ds, mask_dir, cache_dir
+    cfg: Config,
+    bb: FrozenBackbone,
+    layers: list[int],
+    train_ds,
+    test_ds,
+    mask_dir,
+    cache_dir,
+    pseudo: LastBlockKeys | None = None,
 ) -> tuple[ImagePool, ImagePool, ImagePool]:
-    """(training pool, test pool, pool the test supports' masks come from)."""
+    """(training pool, test pool, pool the test supports' masks come from).
+
+    With ``pseudo`` (CST's weak setting) no pool holds masks: training targets come from
+    ``pseudo``, and test supports have none.
+    """
     bs = cfg.data.feature_batch_size
     try:
         keep = cfg.data.cache_features
         train_pool = build_pool(train_ds, bb, layers, cache_dir, mask_dir, bs, keep)
         test_pool = build_pool(test_ds, bb, layers, cache_dir, None, bs, keep)
+        if pseudo is not None:
+            train_pool = replace(train_pool, masks=None, pseudo=pseudo)
+            test_pool = replace(test_pool, masks=None)
         support_pool = test_pool
         if cfg.episodes.eval_support_masks == "train" and mask_dir is not None:
             masks = load_masks(test_pool.ids, mask_dir, cfg.data.image_size, "pseudo-mask")
@@ -246,11 +299,17 @@ def run(cfg: Config, run: RunDir) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    cst_weak = cfg.supervision == "cst_weak"
     mask_dir = (
         None
-        if cfg.supervision == "full"
+        if cfg.supervision in ("full", "cst_weak")
         else resolve_pseudo_masks(cfg.pseudo_masks, cfg.supervision)
     )
+    if cst_weak and cfg.pseudo_masks is not None:
+        log.warning(
+            "supervision=cst_weak makes its pseudo-masks on the fly: pseudo_masks=%s is unused",
+            cfg.pseudo_masks,
+        )
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run.root / "cache"
     size = cfg.data.image_size
     try:
@@ -277,7 +336,7 @@ def run(cfg: Config, run: RunDir) -> dict:
             "way": cfg.way,
             "shot": cfg.shot,
             "supervision": cfg.supervision,
-            "support_masks_at_test": cfg.episodes.eval_support_masks,
+            "support_masks_at_test": "none" if cst_weak else cfg.episodes.eval_support_masks,
             "protocol": cfg.protocol,
             "test_classes": test_classes,
             "train_classes": train_classes,
@@ -286,10 +345,24 @@ def run(cfg: Config, run: RunDir) -> dict:
         "train": {},
         "test": {},
     }
+    # Every head of a cst_weak run learns from the pseudo-masks of the backbone under test,
+    # as every head of a weak run learns from the same stage-2 pseudo-masks.
+    pseudo = None
+    if cst_weak:
+        try:
+            pseudo = build_last_block_keys(
+                train_ds,
+                backbones["head"],
+                cache_dir,
+                cfg.data.feature_batch_size,
+                cfg.data.cache_features,
+            )
+        except DatasetNotFoundError as exc:
+            raise ConfigError(str(exc)) from None
     episodes: EpisodeSets | None = None
     pools, scores = {}, {}
     for tag, bb in backbones.items():
-        pools[tag] = load_pools(cfg, bb, layers, train_ds, test_ds, mask_dir, cache_dir)
+        pools[tag] = load_pools(cfg, bb, layers, train_ds, test_ds, mask_dir, cache_dir, pseudo)
         train_pool, test_pool, support_pool = pools[tag]
         if episodes is None:
             episodes = make_episodes(cfg, train_pool, test_pool, test_classes, train_classes)
@@ -328,7 +401,8 @@ def prototype_baseline(
     # Without held-out images, thresholds come from training episodes (never the test).
     val = episodes.val or episodes.train.fixed(100)
     val_scores = prototype_scores(train_pool, val, patch_size)
-    t_cls, t_seg = choose_thresholds(val, val_scores, train_pool.masks, num_classes)
+    val_scored, val_targets = scoring_targets(train_pool, val)
+    t_cls, t_seg = choose_thresholds(val_scored, val_scores, val_targets, num_classes)
     for way, eps in episodes.test.items():
         s = prototype_scores(test_pool, eps, patch_size, support_pool)
         test_results[f"{way}way"]["prototype"] = score(
@@ -347,6 +421,8 @@ def draw_episodes(
 ) -> None:
     """figures/episodes_<way>way.png for the first ``eval.visualize`` test episodes."""
     _, test_pool, support_pool = pools
+    if support_pool.masks is None:  # CST's weak setting: supports drawn without a mask
+        support_pool = replace(support_pool, masks=torch.zeros_like(support_pool.gt))
     for way, eps in episodes.test.items():
         k = min(cfg.eval.visualize, len(eps))
         preds, pres = [], []
@@ -362,7 +438,7 @@ def format_table(results: dict) -> str:
     """Plain-text table: one row per (way, model)."""
     s = results["setting"]
     lines = [
-        # Not CST's weak setting (no support mask at all): name the test supports' masks.
+        # weak is not CST's weak setting (cst_weak): name the test supports' masks.
         f"FS-CS fold {s['fold']}, {s['shot']}-shot, supervision={s['supervision']} "
         f"(test support masks: {s['support_masks_at_test']}), protocol={s['protocol']}",
         f"{'setting':<8} {'model':<14} {'ER':>6} {'acc':>6} {'mIoU':>6} {'FB-IoU':>7}",
