@@ -86,7 +86,8 @@ Example:
     "status": """\
 usage: python -m launch status RUN_DIR
 
-Jobs of a run, pipeline or sweep directory: their state, last step and metrics, and log paths.
+Jobs of a run, pipeline or sweep directory: their state, last logged step, loss, images/s
+and metrics, the ETA of a running job, and log paths.
 
 Example:
   python -m launch status runs/pipeline/fashion_tiny

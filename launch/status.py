@@ -10,6 +10,7 @@ from pathlib import Path
 
 from common.rundir import read_metrics
 from launch.manifest import Manifest
+from launch.progress import RunProgress, duration, run_progress
 from launch.records import (
     SUBMITIT_DIR,
     SWEEP_RECORD,
@@ -32,6 +33,7 @@ class RunStatus:
     last_step: int | None
     last_metrics: dict
     logs: dict[str, str]
+    progress: RunProgress
 
     @property
     def state(self) -> str:
@@ -83,16 +85,44 @@ def collect(path: str | Path) -> list[RunStatus]:
         logs = {"stage": str(run_dir / "log.txt")}
         if job and job.get("executor") != "inline":
             logs.update(log_paths(submitit_dir, str(job["job_id"])))
-        numbers = flat_numbers({k: v for k, v in last.items() if k != "step"}, depth=1)
+        shown = ("step", "loss", "images_per_s")  # in their own columns
+        numbers = flat_numbers({k: v for k, v in last.items() if k not in shown}, depth=1)
         out.append(
-            RunStatus(name, run_dir, state, last.get("step"), dict(list(numbers.items())[:4]), logs)
+            RunStatus(
+                name,
+                run_dir,
+                state,
+                last.get("step"),
+                dict(list(numbers.items())[:4]),
+                logs,
+                run_progress(run_dir),
+            )
         )
     return out
 
 
+def _progress_cells(r: RunStatus) -> tuple[str, str, str, str]:
+    """step (``S/T`` when the total is known), loss, images/s, and the ETA of a running job."""
+    p = r.progress
+    step = "-" if r.last_step is None else str(r.last_step)
+    if r.last_step is not None and p.total:
+        step = f"{r.last_step}/{p.total}"
+    loss = "-" if p.loss is None else f"{p.loss:.4g}"
+    speed = "-" if p.images_per_s is None else f"{p.images_per_s:.1f}"
+    eta = duration(p.eta_s) if r.state == "RUNNING" and p.eta_s is not None else "-"
+    return step, loss, speed, eta
+
+
 def format_status(rows: list[RunStatus]) -> str:
-    """A plain-text table plus, for failed jobs, the error and the log to read."""
-    lines = [f"{'run':<16} {'job':<12} {'state':<28} {'step':>6}  last metrics"]
+    """A plain-text table plus, for failed jobs, the error and the log to read.
+
+    Per job: the last logged step, loss and images/s from metrics.jsonl and, while it runs,
+    the ETA at its last logged speed.
+    """
+    lines = [
+        f"{'run':<16} {'job':<12} {'state':<28} {'step':>11} {'loss':>8} {'img/s':>8} "
+        f"{'ETA':>7}  last metrics"
+    ]
     notes = []
     for r in rows:
         job = r.job.job_id if r.job else "-"
@@ -100,8 +130,11 @@ def format_status(rows: list[RunStatus]) -> str:
             f" ({r.job.reason})" if r.job and r.job.reason not in ("", "None") else ""
         )
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in r.last_metrics.items())
-        step = "-" if r.last_step is None else str(r.last_step)
-        lines.append(f"{r.name:<16} {job:<12} {state:<28} {step:>6}  {metrics}")
+        step, loss, speed, eta = _progress_cells(r)
+        lines.append(
+            f"{r.name:<16} {job:<12} {state:<28} {step:>11} {loss:>8} {speed:>8} {eta:>7}  "
+            f"{metrics}".rstrip()
+        )
         if r.job is None:
             notes.append(f"  {r.name}: not submitted")
         elif r.state not in ("COMPLETED", "RUNNING", "PENDING"):
