@@ -247,7 +247,7 @@ def _run_pipeline(args: argparse.Namespace, overrides: list[str]) -> int:
         {"name": r.name, "stage": p.stage, "state": r.state, "run_dir": str(p.run_dir)}
         for r, p in zip(rows, planned, strict=True)
     ]
-    table, report = write_report(out, stages)
+    table, report = write_report(out, stages, data["bars"])
     print(table)
     print(f"\nreport: {report}")
     return 0 if all(s["state"] == "COMPLETED" for s in stages) else 1

@@ -103,7 +103,9 @@ class Manifest:
                         f"({path}), but '{producer}' has not recorded it in {self.path}; "
                         f"run '{producer}' first"
                     )
-                if produced["sha256"] != current:
+                # A path inside the artifact (e.g. pseudo_masks/weak) is checked as the whole.
+                whole = produced.get("path", str(path))
+                if produced["sha256"] != (current if whole == str(path) else sha256_path(whole)):
                     raise ArtifactError(
                         f"artifact {path} changed after stage '{producer}' produced it "
                         f"(sha256 {produced['sha256'][:12]}... then, {current[:12]}... now); "

@@ -32,6 +32,7 @@ from common.config import (
     to_config,
     to_dict,
 )
+from launch.bars import check_bars
 from launch.job import StageJob
 from launch.manifest import Manifest, now
 from launch.options import load_launch_options, split_overrides
@@ -48,7 +49,7 @@ from launch.submit import (
 
 log = logging.getLogger(__name__)
 REF = re.compile(r"\$\{([A-Za-z0-9_\-]+)\.([A-Za-z0-9_]+)\}")
-PIPELINE_KEYS = ("name", "slurm", "stages")
+PIPELINE_KEYS = ("name", "slurm", "stages", "bars")
 STAGE_KEYS = ("stage", "config", "overrides", "slurm", "after")
 
 
@@ -106,6 +107,7 @@ def load_pipeline_file(path: str | Path) -> dict:
         if not isinstance(spec, Mapping) or "stage" not in spec:
             raise LaunchError(f"{path}: stage '{name}' needs at least `stage:` (e.g. pretrain)")
         _strict_keys(spec, STAGE_KEYS, f"{path} stage '{name}'")
+    data["bars"] = check_bars(data.get("bars"), str(path))
     data["_path"] = str(path)
     return data
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from common.rundir import read_metrics
+from launch.bars import bars_table
 
 log = logging.getLogger(__name__)
 
@@ -176,11 +177,83 @@ def plot_losses(metrics_path: Path, out_path: Path) -> Path | None:
     return out_path
 
 
-def write_report(pipeline_dir: Path, stages: list[dict]) -> tuple[str, Path]:
-    """Write ``report.md`` (table, loss curves, each stage's figures); returns (table, path).
+SALIENCY_REFERENCE = (
+    "Colour saliency thresholds each pixel's colour distance to the image border, with no "
+    "learning. It is a reference row here, not a bar: on dark backgrounds colour alone finds "
+    "the items (a probe fitted on ground-truth patches of this backbone only ties it)."
+)
+SALIENCY_BAR = (
+    "Colour saliency thresholds each pixel's colour distance to the image border, with no "
+    "learning; on these scenes colour does not find the items, so the weak pseudo-masks must "
+    "beat it."
+)
+MEANING = {
+    "pretrain": "k-NN top-1 is the teacher's 20-NN accuracy on single-object val scenes "
+    "(chance 10 %). The probe stage compares the same backbone with a random-init one of the "
+    "same shape: the gap is what pretraining learnt.",
+    "distill": "The weak pseudo-masks use the image-level labels only. The random-init row runs "
+    "the same pipeline on an untrained backbone of the same shape, so the gap between the two "
+    "is what the pretrained features give stage 2. The enhancer rows add 10 / 50 / 200 "
+    "ground-truth masks.",
+    "fewshot": "Each FS-CS head learns from the weak pseudo-masks. The random-backbone head is "
+    "the same head trained the same way on an untrained backbone: where the two tie, the head "
+    "learns foreground from contrast, which random features carry too, and not the class "
+    "match between support and query. The prototype baseline needs no training. ER is the "
+    "exact ratio of the presence decisions (1-way chance: about 50 %).",
+    "distill/segment": "The WSSS decoder is scored on the val split; its pseudo-masks are scored "
+    "on the train split they label. The masks take their class names from each image's "
+    "labels, the decoder has to recognise them, so it can stay below them while its backbone "
+    "cannot name the items (the GT-trained row is its upper bound).",
+}
+# Positive controls: the heads, the refine and the enhancer where the input carries the
+# signal. None runs in seconds, so the report quotes them as recorded, with their source.
+POSITIVE_CONTROLS = (
+    "| stage | control: the signal is given | recorded | source |\n"
+    "| --- | --- | --- | --- |\n"
+    "| distill | linear foreground probe on the `fashion_tiny` patch tokens, fitted on "
+    "ground-truth patches | 0.98 AUC (random-init ViT 0.97) | "
+    "`benchmarks/bench_patch_signal.py`, CPU, 2026-11-23 |\n"
+    "| distill | refine fed ground-truth-derived maps (true foreground over 16 px cells + "
+    "noise 0.3) | FB-IoU 89.5 -> 96.1 (VARM) | `benchmarks/bench_refine.py --noise 0.3`, CPU, "
+    "2026-12-02 |\n"
+    "| distill | enhancer with 10 ground-truth masks (embedded chain) | 39.4 / 94.3 mIoU / "
+    "FB-IoU against weak 29.9 / 70.3 | `python -m distill --config "
+    "configs/distill/fashion_tiny.yaml`, CPU, 2026-11-23 |\n"
+    "| fewshot | FS-CS head trained on ground-truth masks (fold 0, 1-way) | 26.5 mIoU against "
+    "20.3 from weak masks | `benchmarks/bench_fewshot.py --supervision full`, CPU, 2026-11-23 |\n"
+    "| fewshot | FS-CS head on class-indicator tokens built from ground truth | 84 % ER, 54 % "
+    "mIoU (val episodes, 300 steps) | CPU, 2026-11-22; its script is not in the repository |\n"
+    "| distill/segment | decoder with a fine-tuned `fashion_tiny` backbone trained on "
+    "ground-truth masks | 44.1 mIoU (all classes) | `configs/distill/segment/fashion_tiny.yaml`, "
+    "CPU, 2026-11-23 |\n"
+    "\nNot measured: the enhancer fed ground-truth-derived input maps instead of attention."
+)
 
-    ``stages``: dicts with ``name``, ``stage``, ``state`` and ``run_dir``.
+
+def _meaning(stages: list[str], bars: list[str]) -> str:
+    """One short paragraph per stage that ran: what its numbers mean."""
+    parts = []
+    for stage in ("pretrain", "distill", "fewshot", "distill/segment"):
+        if stage not in stages:
+            continue
+        text = MEANING[stage]
+        if stage == "distill":
+            saliency = "weak_beats_saliency" in bars
+            text += " " + (SALIENCY_BAR if saliency else SALIENCY_REFERENCE)
+        parts.append(f"**{stage}.** {text}")
+    return "\n\n".join(parts)
+
+
+def write_report(
+    pipeline_dir: Path, stages: list[dict], bars: list[str] | None = None
+) -> tuple[str, Path]:
+    """Write ``report.md`` (tables, what they mean, positive controls, loss curves, each
+    stage's figures); returns (the tables to print, the report's path).
+
+    ``stages``: dicts with ``name``, ``stage``, ``state`` and ``run_dir``; ``bars``: the
+    comparisons that are bars for this pipeline (the others are reference rows).
     """
+    bars = list(bars or [])
     rows = []
     sections = []
     figures_dir = pipeline_dir / "figures"
@@ -198,7 +271,24 @@ def write_report(pipeline_dir: Path, stages: list[dict]) -> tuple[str, Path]:
             parts += ["", f"**{png.stem}**", "", f"![{png.stem}]({rel})"]
         sections.append("\n".join(parts))
     table = results_table(rows)
-    text = "\n\n".join([f"# Pipeline report: {pipeline_dir.name}", table, *sections]) + "\n"
+    comparisons = bars_table([(n, st, s) for n, st, _, s in rows], bars)
+    ran = [st for _, st, _, _ in rows]
+    text = "\n\n".join(
+        [
+            f"# Pipeline report: {pipeline_dir.name}",
+            table,
+            "## Bars and reference rows",
+            "A bar must hold for this chain; a reference row is reported without one.",
+            comparisons,
+            "## What the numbers mean",
+            _meaning(ran, bars),
+            "## Positive controls (recorded, not re-measured)",
+            "What the heads, the refine and the enhancer do when their input carries the "
+            "signal, next to what this run's backbone gives (the rows above).",
+            POSITIVE_CONTROLS,
+            *sections,
+        ]
+    )
     path = pipeline_dir / "report.md"
-    path.write_text(text)
-    return table, path
+    path.write_text(text + "\n")
+    return f"{table}\n\n{comparisons}", path

@@ -10,8 +10,10 @@ from PIL import Image
 
 from common.artifacts import ArtifactError, sha256_path
 from common.rundir import MetricsLogger
+from launch.bars import bars_table, check_bars
 from launch.manifest import Manifest
 from launch.report import flat_numbers, results_table, write_report
+from launch.slurm import LaunchError
 from launch.sweep import parse_axes, point_name
 
 
@@ -40,6 +42,20 @@ def test_consumer_refuses_an_artifact_changed_after_it_was_produced(tmp_path: Pa
     (export / "backbone.pth").write_bytes(b"tampered")
     with pytest.raises(ArtifactError, match="changed after stage 'pretrain' produced it"):
         manifest.verify_inputs("distill")
+
+
+def test_a_path_inside_an_artifact_is_checked_as_the_whole(tmp_path: Path) -> None:
+    masks = tmp_path / "distill" / "pseudo_masks"
+    (masks / "weak").mkdir(parents=True)
+    (masks / "weak" / "a.png").write_bytes(b"mask")
+    manifest = Manifest(tmp_path)
+    manifest.record_outputs("distill", {"pseudo_masks": masks}, {})
+    spec = {"path": str(masks / "weak"), "producer": "distill", "artifact": "pseudo_masks"}
+    manifest.update_stage("segment", consumes={"masks": spec})
+    assert manifest.verify_inputs("segment")["masks"]["sha256"] == sha256_path(masks / "weak")
+    (masks / "weak" / "a.png").write_bytes(b"edited")
+    with pytest.raises(ArtifactError, match="changed after stage 'distill' produced it"):
+        manifest.verify_inputs("segment")
 
 
 def test_consumer_refuses_an_artifact_never_recorded(tmp_path: Path) -> None:
@@ -147,3 +163,80 @@ def test_sweep_axes_keep_yaml_lists_whole() -> None:
     assert axes == {"train.lr": ["1e-3", "1e-4"], "seed": ["0", "1", "2"]}
     assert fixed == ["crops.global_scale=[0.4,1.0]"]
     assert point_name({"train.lr": "1e-3", "data.root": "/x y"}) == "train.lr=1e-3_data.root=-x-y"
+
+
+def _fewshot(fold: int, head: float, random_head: float, prototype: float) -> dict:
+    models = {"head": head, "random_head": random_head, "prototype": prototype}
+    test = {
+        f"{w}way": {m: {"exact_ratio": v, "miou": v - 0.1} for m, v in models.items()}
+        for w in (1, 2)
+    }
+    return {"setting": {"fold": fold}, "test": test}
+
+
+def test_bars_are_met_or_not_and_the_rest_are_reference_rows() -> None:
+    distill = {
+        "rows": [
+            _quality_row("colour saliency (no learning)", 0.40),
+            _quality_row("random-init ViT + refine", 0.13),
+            _quality_row("attention + refine", 0.30),
+            {**_quality_row("+ enhancer (10 GT)", 0.39), "gt_images": 10, "fb_iou": 0.9},
+            {**_quality_row("+ enhancer (200 GT)", 0.41), "gt_images": 200},
+        ]
+    }
+    stages = [
+        ("distill", "distill", distill),
+        ("fscs0", "fewshot", _fewshot(0, 0.52, 0.50, 0.47)),
+        ("fscs1", "fewshot", _fewshot(1, 0.48, 0.49, 0.40)),
+    ]
+    bars = ["weak_beats_random", "enhancer_beats_weak", "heads_beat_random_head"]
+    lines = bars_table(stages, bars).splitlines()[2:]
+    # weak 30.0 / 50.0 against the random ViT's 13.0 / 50.0: FB-IoU ties, so not met.
+    assert lines[0] == (
+        "| weak pseudo-masks vs random-init backbone | 30.0 / 50.0 mIoU / FB-IoU "
+        "| 13.0 / 50.0 | bar: **not met** |"
+    )
+    assert lines[1].startswith("| enhancer (10 GT) vs weak pseudo-masks | 39.0 / 90.0")
+    assert lines[1].endswith("| bar: **met** |")
+    assert not any("200 GT" in line for line in lines)  # the bar is about few masks
+    assert lines[2] == (
+        "| fscs0 (fold 0): FS-CS head vs random-backbone head, 1-way ER, 1-way mIoU, 2-way ER, "
+        "2-way mIoU | 52.0 / 42.0 / 52.0 / 42.0 | 50.0 / 40.0 / 50.0 / 40.0 | bar: **met** |"
+    )
+    assert lines[3].startswith("| fscs1 (fold 1)") and lines[3].endswith("| bar: **not met** |")
+    rest = lines[4:]
+    assert rest[0].startswith("| fscs0 (fold 0): FS-CS head vs prototype baseline, 1-way mIoU")
+    assert rest[0].endswith("| reference: ahead |")
+    assert rest[2].startswith("| weak pseudo-masks vs colour saliency")
+    assert rest[2].endswith("| reference: behind |")
+    assert len(rest) == 3  # no WSSS row: no distill/segment stage in this pipeline
+
+
+def test_a_bar_without_its_numbers_is_not_measured_and_unknown_bars_are_refused() -> None:
+    lines = bars_table([("wsss", "distill/segment", {})], ["segment_beats_pseudo"]).splitlines()
+    assert lines[2].endswith("| - | - | bar: not measured |")
+    with pytest.raises(LaunchError, match="unknown bar.*weak_beats_colour.*known: weak_beats"):
+        check_bars(["weak_beats_colour"], "p.yaml")
+    with pytest.raises(LaunchError, match="must be a list"):
+        check_bars("weak_beats_random", "p.yaml")
+
+
+def test_report_says_what_the_numbers_mean_and_quotes_positive_controls(tmp_path: Path) -> None:
+    run = tmp_path / "distill"
+    run.mkdir()
+    rows = [
+        _quality_row("colour saliency (no learning)", 0.4),
+        _quality_row("attention + refine", 0.3),
+    ]
+    (run / "results.json").write_text(json.dumps({"rows": rows}))
+    stages = [{"name": "distill", "stage": "distill", "state": "COMPLETED", "run_dir": str(run)}]
+    table, report = write_report(tmp_path, stages, ["weak_beats_saliency"])
+    text = report.read_text()
+    assert "| weak pseudo-masks vs colour saliency | 30.0 / 50.0 mIoU / FB-IoU" in table
+    assert "**distill.** The weak pseudo-masks use the image-level labels only." in text
+    assert "so the weak pseudo-masks must beat it" in text
+    assert "## Positive controls (recorded, not re-measured)" in text
+    assert "`benchmarks/bench_refine.py --noise 0.3`" in text
+    # Where saliency is not a bar the report says why it is a reference row.
+    _, report = write_report(tmp_path, stages, [])
+    assert "It is a reference row here, not a bar" in report.read_text()
