@@ -24,12 +24,12 @@ from distill.pseudo_labels import PseudoLabeler, iter_batches
 from distill.stage import _eval_cache, _score, _subset
 
 
-def _rule_rows(labeler: PseudoLabeler, cache: list, nc: int, name: str) -> list[str]:
+def _rule_rows(labeler: PseudoLabeler, fit, cache: list, nc: int, name: str) -> list[str]:
     rows = []
-    for rule in ("value", "mass", "otsu"):
+    for rule in ("value", "otsu"):
         labeler.cfg.mask.rule = rule
         for refine in (False, True):
-            preds = [p for b, a in cache for p in labeler.weak(b, a, refine=refine)[0]]
+            preds = [p for b, a in cache for p in labeler.label(b, fit, a, refine=refine)[0]]
             s = _score(preds, cache, nc)
             rows.append(
                 f"| {name} | {rule} | {'yes' if refine else 'no'} | {100 * s['miou']:.1f} | "
@@ -66,23 +66,23 @@ def main(argv: list[str] | None = None) -> int:
     timing = []
     for name, m in models.items():
         labeler = PseudoLabeler(m, cfg, torch.device("cpu"))
-        labeler.fit(
+        fit = labeler.fit(
             iter_batches(train_ds, proto_idx, cfg.attention.batch_size, cfg.data.empty_labels),
             train_ds.num_classes,
         )
         idx = _subset(len(eval_ds), args.images, cfg.seed)
         t0 = time.perf_counter()
-        cache = _eval_cache(labeler, eval_ds, idx, cfg)
+        cache = _eval_cache(labeler, fit, eval_ds, idx, cfg)
         t_load_att = time.perf_counter() - t0
-        lines += _rule_rows(labeler, cache, eval_ds.num_classes, name)
+        lines += _rule_rows(labeler, fit, cache, eval_ds.num_classes, name)
         if name == "trained":
             t0 = time.perf_counter()
             for b, a in cache:
-                labeler.weak(b, a, refine=False)
+                labeler.label(b, fit, a, refine=False)
             t_raw = time.perf_counter() - t0
             t0 = time.perf_counter()
             for b, a in cache:
-                labeler.weak(b, a, refine=True)
+                labeler.label(b, fit, a, refine=True)
             t_ref = time.perf_counter() - t0
             n = len(idx)
             timing = [

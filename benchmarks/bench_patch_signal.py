@@ -113,7 +113,7 @@ def fb_iou(pred: torch.Tensor, fg: torch.Tensor) -> float:
 
 def attention_rows(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor) -> dict:
     """Per-head attention AUC and the oracle ceiling of the signed head mean."""
-    heads = extract_attention(model, images, "cosine", [-1]).heads  # [N, K, h, w]
+    heads = extract_attention(model, images, [-1]).heads  # [N, K, h, w]
     fg_patch = (patch_fraction(masks, heads.shape[-1]) >= 0.5).flatten().numpy()
     aucs = [roc_auc_score(fg_patch, heads[:, k].flatten().numpy()) for k in range(heads.shape[1])]
     lo = heads.flatten(2).amin(-1)[..., None, None]

@@ -1,10 +1,8 @@
 """Self-attention maps of an exported ViT, per head, upsampled to pixels.
 
-Two maps per head come from the captured queries and keys of a block:
-- ``attn``: the softmax weights of the cls row over the patch tokens (the DINO figure),
-  renormalised to sum to one over patches;
-- ``cosine``: the cosine of the cls query with each patch key, rescaled to [0, 1] by
-  (x + 1) / 2 (the CST pseudo-label recipe, thresholded at 0.4 after the head mean).
+One map per head comes from the captured queries and keys of a block: the cosine of the
+cls query with each patch key, rescaled to [0, 1] by (x + 1) / 2 (the CST pseudo-label
+recipe, thresholded at 0.4 after the head mean in configs/distill/cst_pascal.yaml).
 """
 
 from __future__ import annotations
@@ -16,28 +14,23 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from common.backbone import attention_from_qk, capture_qk, num_prefix_tokens, patch_grid
+from common.backbone import capture_qk, num_prefix_tokens, patch_grid
 from common.checkpoint import CheckpointError
-
-SOURCES = ("cosine", "attn")
 
 
 @dataclass
 class AttentionOutput:
     """Per-image attention maps at patch resolution and the final patch tokens."""
 
-    heads: torch.Tensor  # [B, layers * heads, h, w] maps of the chosen source, in [0, 1]
-    saliency: torch.Tensor  # [B, h, w] head (and layer) mean of ``heads``
+    heads: torch.Tensor  # [B, layers * heads, h, w] cosine maps, in [0, 1]
+    saliency: torch.Tensor  # [B, h, w] the map the foreground is cut from
     tokens: torch.Tensor  # [B, h, w, C] final-norm patch tokens
 
 
-def _cls_maps(q: torch.Tensor, k: torch.Tensor, prefix: int, source: str) -> torch.Tensor:
-    """[B, heads, P] map of the cls token over the P patch tokens."""
-    if source == "cosine":
-        cos = F.cosine_similarity(q[:, :, :1], k[:, :, prefix:], dim=-1)
-        return (cos + 1.0) / 2.0
-    attn = attention_from_qk(q, k)[:, :, 0, prefix:]
-    return attn / attn.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+def _cls_maps(q: torch.Tensor, k: torch.Tensor, prefix: int) -> torch.Tensor:
+    """[B, heads, P] cosine of the cls query with the P patch keys, rescaled to [0, 1]."""
+    cos = F.cosine_similarity(q[:, :, :1], k[:, :, prefix:], dim=-1)
+    return (cos + 1.0) / 2.0
 
 
 def check_attention_access(model: torch.nn.Module) -> None:
@@ -55,12 +48,9 @@ def check_attention_access(model: torch.nn.Module) -> None:
 def extract_attention(
     model: VisionTransformer,
     images: torch.Tensor,
-    source: str = "cosine",
     layers: Sequence[int] = (-1,),
 ) -> AttentionOutput:
     """Attention maps of ``layers`` (per head) and patch tokens for a batch [B, 3, H, W]."""
-    if source not in SOURCES:
-        raise ValueError(f"attention.source must be one of {SOURCES}, got {source!r}")
     check_attention_access(model)
     with capture_qk(model, tuple(layers)) as store:
         tokens = model.forward_features(images)
@@ -68,12 +58,8 @@ def extract_attention(
     h, w = patch_grid(model, images.shape[-2], images.shape[-1])
     b = images.shape[0]
     depth = len(model.blocks)
-    maps = [_cls_maps(*store[layer % depth], prefix, source) for layer in layers]
+    maps = [_cls_maps(*store[layer % depth], prefix) for layer in layers]
     heads = torch.cat(maps, dim=1).reshape(b, -1, h, w)
-    if source == "attn":
-        # Softmax weights shrink with the number of patches; scale each map to max 1 so a
-        # value threshold means the same at any resolution (mass and Otsu are scale-free).
-        heads = heads / heads.flatten(2).amax(-1).clamp_min(1e-12)[..., None, None]
     patches = tokens[:, prefix:].reshape(b, h, w, tokens.shape[-1])
     return AttentionOutput(heads=heads, saliency=heads.mean(dim=1), tokens=patches)
 

@@ -1,16 +1,17 @@
-"""Per-head polarity from image-level labels: does a head light up the objects or the rest?
+"""Does a map's bright half or its dark half name the image's class? The sign criterion.
 
 Heads of small self-supervised ViTs disagree: some attend to the objects, others to the
 background, and which ones differs between two runs of one recipe (measured in
 benchmarks/RESULTS.md). Their mean then cancels. A border prior cannot sort
 them when objects touch the frame or a convolutional stem's padding marks the border.
 
-The labels can. On each single-label image, split every head's map by rank into a bright
-and a dark half (equal sizes, whatever the ties) and mean-pool the patch tokens of each
-half. The half that holds the object carries its class: across images, its pooled tokens
-separate the classes better. The separation is the Fisher ratio
-``trace(between-class scatter) / trace(total scatter)`` of the L2-normalised pooled tokens;
-a head whose dark half separates better is flipped, once, for every image.
+The labels can. On each single-label image, split a map by rank into a bright and a dark
+half (equal sizes, whatever the ties) and mean-pool the patch tokens of each half. The half
+that holds the object carries its class: across images, its pooled tokens separate the
+classes better. The separation is the Fisher ratio
+``trace(between-class scatter) / trace(total scatter)`` of the L2-normalised pooled tokens.
+:func:`distill.token_probe.search_signs` starts from the per-head answer and climbs the
+same criterion on the foreground probe's map.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-
-from distill.mask_rules import mirror
 
 
 class ClassSeparation:
@@ -91,6 +90,14 @@ class HeadPolarity:
                 "exactly one image-level label (or set mask.head_polarity=none)"
             )
         return torch.where(self.dark.ratio() > self.bright.ratio(), -1.0, 1.0).float()
+
+
+def mirror(maps: torch.Tensor) -> torch.Tensor:
+    """Each map (the last two dims) mirrored within its own range: ``min + max - x``."""
+    flat = maps.flatten(-2)
+    lo = flat.amin(-1)[..., None, None]
+    hi = flat.amax(-1)[..., None, None]
+    return lo + hi - maps
 
 
 def apply_signs(heads: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:

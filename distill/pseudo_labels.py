@@ -1,6 +1,9 @@
-"""The pseudo-label pipeline: attention -> foreground rule -> refine -> classes -> PNGs.
+"""The pseudo-label pipeline: attention -> foreground -> refine -> classes -> PNGs.
 
-Weak pseudo-masks use only image-level labels; mixed ones replace the weak foreground by
+:meth:`PseudoLabeler.fit` learns, once, what the labelled train images tell (head signs, the
+foreground probe, class prototypes) and returns it as a frozen :class:`Fit`;
+:meth:`PseudoLabeler.label` then runs the whole path for a batch, top to bottom. Weak
+pseudo-masks use only image-level labels; mixed ones replace the weak foreground by
 the enhancer's and keep ground truth on the few images that have it. Masks are written as
 VOC palette PNGs (0 background, class ids, 255 ignore) to ``pseudo_masks/<kind>/<id>.png``
 so ``VOCSegmentation(root, split, mask_dir=...)`` reads them in place of ground truth.
@@ -24,15 +27,15 @@ from distill.attention_maps import AttentionOutput, extract_attention, upsample
 from distill.baselines import border_contrast_saliency
 from distill.class_assign import PrototypeBank, assign_classes, class_scores
 from distill.enhancer import Enhancer, enhancer_inputs, predict_foreground
-from distill.mask_rules import border_polarity, otsu_threshold, threshold_for
-from distill.polarity import HeadPolarity, apply_signs
+from distill.mask_rules import RULES, threshold_for
+from distill.polarity import apply_signs
 from distill.refine import ParVariationRefine, dual_threshold
-from distill.token_probe import FitImages, ForegroundProbe, fit_probe, refine_signs
+from distill.token_probe import FitImages, ForegroundProbe, fit_probe, search_signs
 from distill.varm import VARM
 
 log = logging.getLogger(__name__)
 EMPTY_LABEL_POLICIES = ("background", "error")
-HEAD_POLARITY_MODES = ("labels", "none")
+HEAD_POLARITY_MODES = ("search", "none")
 
 
 @dataclass
@@ -97,196 +100,168 @@ def make_refiner(r: Config) -> torch.nn.Module:
     raise ValueError(f"refine.method must be varm or par_variation, got {r.method!r}")
 
 
+def check_mask_config(m: Config) -> None:
+    """Refuse a ``mask`` section whose keys contradict each other, naming the fix."""
+    if m.head_polarity not in HEAD_POLARITY_MODES:
+        raise ConfigError(
+            f"mask.head_polarity must be one of {HEAD_POLARITY_MODES}, got {m.head_polarity!r}"
+        )
+    if m.head_polarity == "search" and not m.token_probe:
+        raise ConfigError(
+            "mask.head_polarity=search judges head signs on the foreground probe's map; set "
+            "mask.token_probe=true, or mask.head_polarity=none for the plain head mean"
+        )
+    if m.rule not in RULES:
+        raise ConfigError(f"mask.rule must be one of {RULES}, got {m.rule!r}")
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What :meth:`PseudoLabeler.fit` learnt from labelled train images, read by every step."""
+
+    head_signs: torch.Tensor | None  # [K] -1 mirrors a head before anything reads it; None: as is
+    probe: ForegroundProbe | None  # saliency = its P(fg) of the patch tokens; None: head mean
+    centre: torch.Tensor  # [C] mean foreground embedding, removed before class cosines
+    prototypes: torch.Tensor  # [num_classes, C] unit class prototypes (distill.class_assign)
+
+
+def fitted_maps(
+    heads: torch.Tensor,
+    tokens: torch.Tensor,
+    signs: torch.Tensor | None,
+    probe: ForegroundProbe | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw head maps turned by ``signs``, and the saliency: the probe's P(fg) or the mean."""
+    if signs is not None:
+        heads = apply_signs(heads, signs)
+    return heads, probe(tokens) if probe is not None else heads.mean(dim=1)
+
+
 class PseudoLabeler:
     """Turns a backbone's attention into foreground and class masks for labelled images."""
 
     def __init__(
         self, model: torch.nn.Module, cfg: Config, device: torch.device, name: str = "backbone"
     ) -> None:
+        check_mask_config(cfg.mask)
         self.name = name  # prefixes its log lines: a baseline's fit reads apart from the real one
         self.model = model.to(device).eval()
         self.device = device
         self.cfg = cfg
         self.refiner = make_refiner(cfg.refine)
-        self.centre: torch.Tensor | None = None
-        self.prototypes: torch.Tensor | None = None
-        self.head_signs: torch.Tensor | None = None
-        self.fg_probe: ForegroundProbe | None = None
 
-    def attend(self, images: torch.Tensor) -> AttentionOutput:
-        """Attention maps of a batch, signed heads, and the probe's P(fg) as saliency if fitted.
+    def fit(self, batches: Iterable[Batch], num_classes: int) -> Fit:
+        """Learn head signs, the foreground probe and class prototypes from labelled images.
 
-        ``attention.image_size`` resizes the backbone's input.
+        One backbone pass: the raw head maps and patch tokens of ``batches`` are kept (on
+        the CPU; ``assign.max_images`` bounds them) and every fit step reads them.
         """
+        m = self.cfg.mask
+        # iter_batches refused empty label lists unless they mean "no object".
+        images: FitImages = []
+        for batch in batches:
+            att = self._raw_attention(batch.images)
+            images.append((att.heads.cpu(), att.tokens.cpu(), batch.labels))
+        if not images:
+            raise ValueError("no fit image: fitting on labels needs labelled train images")
+        signs, probe = None, None
+        if m.head_polarity == "search":
+            found = search_signs(images, num_classes)
+            signs, probe = found.signs, found.probe
+            log.info(
+                "%s: head signs from %d single-label images: per head mirrored %s, after the "
+                "search on the foreground probe's map mirrored %s (of %d; fg/bg separation %.5f)",
+                self.name,
+                found.single_label_images,
+                _mirrored(found.start),
+                _mirrored(found.signs),
+                len(found.signs),
+                found.separation,
+            )
+        elif m.token_probe:
+            probe = fit_probe(images, torch.ones(images[0][0].shape[1]))
+            log.info("%s: foreground probe fitted on unsigned heads", self.name)
+        centre, prototypes = self._fit_prototypes(images, num_classes, signs, probe)
+        return Fit(signs, probe, centre, prototypes)
+
+    def _fit_prototypes(
+        self,
+        images: FitImages,
+        num_classes: int,
+        signs: torch.Tensor | None,
+        probe: ForegroundProbe | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(centre, prototypes) from saliency-weighted patch tokens of labelled images."""
+        bank = PrototypeBank(num_classes, images[0][1].shape[-1])
+        for heads, tokens, labels in images:
+            keep = [i for i, labs in enumerate(labels) if labs]
+            if keep:
+                _, saliency = fitted_maps(heads[keep], tokens[keep], signs, probe)
+                bank.add(tokens[keep], saliency, [labels[i] for i in keep])
+        if bank.count == 0:
+            raise ValueError("no labelled image to build class prototypes from")
+        return bank.prototypes()
+
+    def _raw_attention(self, images: torch.Tensor) -> AttentionOutput:
+        """Head maps and patch tokens as the backbone gives them (``attention.image_size``)."""
         a = self.cfg.attention
         images = images.to(self.device)
         if a.image_size:
             size = (a.image_size, a.image_size) if isinstance(a.image_size, int) else a.image_size
             images = F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False)
-        att = extract_attention(self.model, images, a.source, a.layers)
-        heads, saliency = self._fitted_maps(att.heads, att.tokens)
+        return extract_attention(self.model, images, a.layers)
+
+    def attend(self, images: torch.Tensor, fit: Fit) -> AttentionOutput:
+        """Attention of a batch with ``fit``'s head signs, and its saliency (probe or mean)."""
+        att = self._raw_attention(images)
+        heads, saliency = fitted_maps(att.heads, att.tokens, fit.head_signs, fit.probe)
         return replace(att, heads=heads, saliency=saliency)
 
-    def _fitted_maps(
-        self, heads: torch.Tensor, tokens: torch.Tensor
+    def label(
+        self,
+        batch: Batch,
+        fit: Fit,
+        att: AttentionOutput | None = None,
+        refine: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw head maps turned by the fitted signs, and the saliency: probe P(fg) or mean."""
-        if self.head_signs is not None:
-            heads = apply_signs(heads, self.head_signs)
-        saliency = self.fg_probe(tokens) if self.fg_probe is not None else heads.mean(dim=1)
-        return heads, saliency
+        """Weak class masks [B, H, W] of a batch and their foreground (0 / 1 / 255).
 
-    def fit(self, batches: Iterable[Batch], num_classes: int) -> None:
-        """Fit on labelled training images: head polarity, the foreground probe, prototypes.
-
-        One backbone pass: the raw head maps and patch tokens of ``batches`` are kept (on
-        the CPU; ``assign.max_images`` bounds them) and every fit step reads them.
+        The whole path of an image, in order (``att`` reuses step 1 computed earlier):
+        1. attention: head maps turned by the fitted signs, and the saliency (the probe's
+           P(fg) of each patch token, or the head mean);
+        2. foreground: the saliency upsampled to pixels and cut once per image (mask.rule);
+        3. refine: the map propagated along the image's colours and cut at the same
+           threshold; pixels the refine moves, or leaves near the cut, become ignore (255);
+        4. classes: every foreground pixel gets one of the image's labels (prototypes).
         """
-        mode, m = self.cfg.mask.head_polarity, self.cfg.mask
-        if m.token_probe and not 0.0 < m.probe_seed_share <= 0.5:
-            raise ConfigError(
-                f"mask.probe_seed_share must be in (0, 0.5], got {m.probe_seed_share}"
-            )
-        if m.token_probe and m.border_polarity:
-            raise ConfigError(
-                "mask.token_probe and mask.border_polarity are both on: the probe replaces "
-                "the head maps that the border rule would mirror per image; set "
-                "mask.border_polarity=false (the probe's heads are signed by the labels) or "
-                "mask.token_probe=false"
-            )
-        if mode not in HEAD_POLARITY_MODES:
-            raise ConfigError(
-                f"mask.head_polarity must be one of {HEAD_POLARITY_MODES}, got {mode!r}"
-            )
-        self.head_signs, self.fg_probe = None, None
-        # iter_batches refused empty label lists unless they mean "no object".
-        images = []
-        for batch in batches:
-            att = self.attend(batch.images)
-            images.append((att.heads.cpu(), att.tokens.cpu(), batch.labels))
-        if not images:
-            raise ValueError("no fit image: fitting on labels needs labelled train images")
-        if mode == "labels":
-            self.fit_head_polarity(images, num_classes)
-        if m.token_probe:
-            self.fit_fg_probe(images, num_classes)
-        self.fit_prototypes(images, num_classes)
-
-    def fit_head_polarity(self, images: FitImages, num_classes: int) -> None:
-        """Signs [K] that turn every head towards the objects (distill.polarity)."""
-        acc = HeadPolarity(num_classes)
-        for heads, tokens, labels in images:
-            acc.add(heads, tokens, labels)
-        self.head_signs = acc.signs()
-        flipped = (self.head_signs < 0).nonzero().flatten().tolist()
-        log.info(
-            "%s: head polarity from %d single-label images: heads %s mirrored (of %d)",
-            self.name,
-            acc.images,
-            flipped or "none",
-            len(self.head_signs),
-        )
-
-    def fit_fg_probe(self, images: FitImages, num_classes: int) -> dict:
-        """A linear foreground probe on patch tokens, seeded by the head mean (token_probe).
-
-        With ``mask.head_polarity=labels`` the head signs are then refined on the probe's
-        own map (distill.token_probe.refine_signs), where the label criterion is clearer.
-        """
-        share = self.cfg.mask.probe_seed_share
-        if self.head_signs is None:
-            flips = torch.ones(images[0][0].shape[1])
-            probe = fit_probe(images, flips, share)
-            stats = {"flips": flips.tolist()}
+        att = att if att is not None else self.attend(batch.images, fit)
+        images = batch.images.to(self.device)
+        saliency = upsample(att.saliency, tuple(images.shape[-2:]))
+        m, r = self.cfg.mask, self.cfg.refine
+        threshold = threshold_for(saliency, m.rule, m.value_threshold)
+        if r.enabled if refine is None else refine:
+            refined = self.refiner(images.to(saliency.device), saliency[:, None])[:, 0]
+            fg = dual_threshold(saliency, refined, threshold, r.ignore_band, r.ignore_disagreement)
         else:
-            signed = [(apply_signs(h, self.head_signs), t, labs) for h, t, labs in images]
-            flips, probe, sep = refine_signs(signed, num_classes, share)
-            self.head_signs = self.head_signs * flips
-            stats = {"flips": flips.tolist(), "separation": round(sep, 5)}
-        self.fg_probe = probe
-        refined = [i for i, f in enumerate(stats["flips"]) if f < 0]
-        final = [] if self.head_signs is None else (self.head_signs < 0).nonzero().flatten()
-        log.info(
-            "%s: foreground probe fitted on the patch tokens; refining on its map mirrored heads "
-            "%s%s; heads mirrored in the end: %s",
-            self.name,
-            refined or "none",
-            f" (fg/bg separation {stats['separation']})" if "separation" in stats else "",
-            [int(i) for i in final] or "none",
-        )
-        log.debug("foreground probe stats %s, head signs %s", stats, self.head_signs)
-        return stats
-
-    def fit_prototypes(self, images: FitImages, num_classes: int) -> dict:
-        """Class prototypes from foreground embeddings of labelled images (class_assign)."""
-        bank = PrototypeBank(num_classes, images[0][1].shape[-1])
-        for heads, tokens, labels in images:
-            keep = [i for i, labs in enumerate(labels) if labs]
-            if keep:
-                _, saliency = self._fitted_maps(heads[keep], tokens[keep])
-                bank.add(tokens[keep], saliency, [labels[i] for i in keep])
-        if bank.count == 0:
-            raise ValueError("no labelled image to build class prototypes from")
-        state = bank.state_dict()
-        self.centre, self.prototypes = state["centre"], state["prototypes"]
-        return state
-
-    def saliency(self, att: AttentionOutput, size: tuple[int, int]) -> torch.Tensor:
-        """The saliency map (probe P(fg), or the head mean) upsampled to pixels [B, H, W].
-
-        With ``mask.border_polarity`` each head is first mirrored if it lights up the
-        image border (cut at its own Otsu threshold), so heads that attend to the
-        background add to the object instead of cancelling it in the mean.
-        """
-        if not self.cfg.mask.border_polarity:
-            return upsample(att.saliency, size)
-        b, k, h, w = att.heads.shape
-        flat = att.heads.reshape(b * k, h, w)
-        flat = border_polarity(flat, otsu_threshold(flat), border=1)
-        return upsample(flat.reshape(b, k, h, w).mean(dim=1), size)
-
-    def foreground(
-        self, images: torch.Tensor, raw: torch.Tensor, refine: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(foreground labels 0/1/255 [B, H, W], per-image thresholds [B]) from ``raw``."""
-        m = self.cfg.mask
-        t = threshold_for(raw, m.rule, m.value_threshold, m.mass)
-        if m.border_polarity:
-            raw = border_polarity(raw, t)
-            t = threshold_for(raw, m.rule, m.value_threshold, m.mass)
-        if not refine:
-            return (raw >= t[:, None, None]).long(), t
-        refined = self.refiner(images.to(raw.device), raw[:, None])[:, 0]
-        r = self.cfg.refine
-        return dual_threshold(raw, refined, t, r.ignore_band, r.ignore_disagreement), t
+            fg = (saliency >= threshold[:, None, None]).long()
+        return self.classes(fg, batch.labels, att, fit), fg
 
     def classes(
         self,
         fg: torch.Tensor,
         labels: list[list[int]],
         att: AttentionOutput,
-        rule: str | None = None,
+        fit: Fit,
+        rule: str = "prototype",
     ) -> torch.Tensor:
-        """Class-index masks from foreground labels using ``assign.rule`` (or ``rule``)."""
-        rule = rule or self.cfg.assign.rule
+        """Class-index masks from foreground labels: ``prototype``, or ``first_label``."""
         scores = None
-        if rule == "prototype" and any(len(labs) > 1 for labs in labels):
-            if self.prototypes is None:
-                raise RuntimeError("fit_prototypes must run before prototype class assignment")
-            scores = class_scores(
-                att.tokens, self.centre.to(att.tokens.device), self.prototypes.to(att.tokens.device)
-            )
+        if rule == "prototype" and any(len(set(labs)) > 1 for labs in labels):
+            d = att.tokens.device
+            scores = class_scores(att.tokens, fit.centre.to(d), fit.prototypes.to(d))
         return assign_classes(
             fg, labels, scores, rule, self.cfg.data.empty_labels, ignore_index=IGNORE_INDEX
         )
-
-    def weak(self, batch: Batch, att: AttentionOutput | None = None, refine: bool | None = None):
-        """Weak class masks [B, H, W] (and the foreground labels) of a batch."""
-        att = att if att is not None else self.attend(batch.images)
-        refine = self.cfg.refine.enabled if refine is None else refine
-        raw = self.saliency(att, tuple(batch.images.shape[-2:]))
-        fg, _ = self.foreground(batch.images.to(self.device), raw, refine)
-        return self.classes(fg, batch.labels, att), fg
 
     def enhancer_inputs(self, batch: Batch, att: AttentionOutput, weak_fg: torch.Tensor):
         """Enhancer input stack: image, every head map (+ colour contrast), weak foreground.
@@ -303,17 +278,25 @@ class PseudoLabeler:
             maps = torch.cat([maps, border_contrast_saliency(images)[:, None]], dim=1)
         return enhancer_inputs(images, maps, coarse, self.cfg.enhancer.resolution)
 
-    def enhanced(self, batch: Batch, enhancer: Enhancer, att: AttentionOutput | None = None):
+    def enhanced(
+        self, batch: Batch, fit: Fit, enhancer: Enhancer, att: AttentionOutput | None = None
+    ) -> torch.Tensor:
         """Class masks whose foreground comes from the enhancer (prob >= 0.5)."""
-        att = att if att is not None else self.attend(batch.images)
-        _, weak_fg = self.weak(batch, att)
+        att = att if att is not None else self.attend(batch.images, fit)
+        _, weak_fg = self.label(batch, fit, att)
         x = self.enhancer_inputs(batch, att, weak_fg)
         prob = predict_foreground(enhancer.to(x.device), x, tuple(batch.images.shape[-2:]))
-        return self.classes((prob >= 0.5).long(), batch.labels, att)
+        return self.classes((prob >= 0.5).long(), batch.labels, att, fit)
+
+
+def _mirrored(signs: torch.Tensor) -> list[int] | str:
+    """Indices of the heads with sign -1, or "none", for a log line."""
+    return (signs < 0).nonzero().flatten().tolist() or "none"
 
 
 def write_pseudo_masks(
     labeler: PseudoLabeler,
+    fit: Fit,
     batches: Iterator[Batch],
     out_root: Path,
     enhancer: Enhancer | None = None,
@@ -327,13 +310,13 @@ def write_pseudo_masks(
     stats = {"images": 0, "weak_ignore_fraction": 0.0, "weak_fg_fraction": 0.0}
     pixels = 0
     for batch in batches:
-        att = labeler.attend(batch.images)
-        weak, weak_fg = labeler.weak(batch, att)
+        att = labeler.attend(batch.images, fit)
+        weak, weak_fg = labeler.label(batch, fit, att)
         mixed = None
         if enhancer is not None:
             x = labeler.enhancer_inputs(batch, att, weak_fg)
             prob = predict_foreground(enhancer.to(x.device), x, tuple(batch.images.shape[-2:]))
-            mixed = labeler.classes((prob >= 0.5).long(), batch.labels, att)
+            mixed = labeler.classes((prob >= 0.5).long(), batch.labels, att, fit)
         for i, name in enumerate(batch.ids):
             write_mask(out_root / "weak" / f"{name}.png", weak[i].cpu().numpy())
             if mixed is not None:

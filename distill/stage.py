@@ -21,8 +21,9 @@ from distill.class_assign import class_scores
 from distill.enhancer import Enhancer, EnhancerTrainConfig, train_enhancer
 from distill.figures import save_grid
 from distill.mask_rules import otsu_threshold
-from distill.pseudo_labels import Batch, PseudoLabeler, iter_batches, write_pseudo_masks
+from distill.pseudo_labels import Batch, Fit, PseudoLabeler, iter_batches, write_pseudo_masks
 from distill.quality import assignment_accuracy, score_masks, write_report
+from distill.token_probe import SEED_SHARE
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,12 @@ def _enhancer_cfg(cfg: Config) -> EnhancerTrainConfig:
 class EnhancerPool:
     """Trains (and caches) enhancers on nested prefixes of one seeded order of GT images."""
 
-    def __init__(self, labeler: PseudoLabeler, dataset, order: list[int], cfg: Config, run: RunDir):
-        self.labeler, self.dataset, self.order, self.cfg, self.run = (
+    def __init__(
+        self, labeler: PseudoLabeler, fit: Fit, dataset, order: list[int], cfg: Config, run: RunDir
+    ):
+        self.labeler, self.fit, self.dataset, self.order, self.cfg, self.run = (
             labeler,
+            fit,
             dataset,
             order,
             cfg,
@@ -81,15 +85,15 @@ class EnhancerPool:
         for batch in iter_batches(
             self.dataset, self.order[:n], self.cfg.attention.batch_size, self.cfg.data.empty_labels
         ):
-            att = self.labeler.attend(batch.images)
-            _, weak_fg = self.labeler.weak(batch, att)
+            att = self.labeler.attend(batch.images, self.fit)
+            _, weak_fg = self.labeler.label(batch, self.fit, att)
             inputs.append(self.labeler.enhancer_inputs(batch, att, weak_fg).cpu())
             fg = (batch.masks > 0).long()
             fg[batch.masks == IGNORE_INDEX] = IGNORE_INDEX
             targets.append(fg)
         ckpt = self.run.checkpoints / (ckpt_name or f"enhancer_gt{n}.pt")
         t0 = time.perf_counter()
-        signs = self.labeler.head_signs
+        signs = self.fit.head_signs
         model, summary = train_enhancer(
             torch.cat(inputs),
             torch.cat(targets),
@@ -99,7 +103,7 @@ class EnhancerPool:
             context={
                 "head_signs": None if signs is None else signs.tolist(),
                 "token_probe": self.cfg.mask.token_probe,
-                "probe_seed_share": self.cfg.mask.probe_seed_share,
+                "probe_seed_share": SEED_SHARE,
             },
         )
         summary["seconds"] = round(time.perf_counter() - t0, 2)
@@ -118,10 +122,10 @@ class EnhancerPool:
         return model
 
 
-def _eval_cache(labeler: PseudoLabeler, dataset, indices: list[int], cfg: Config) -> list:
+def _eval_cache(labeler: PseudoLabeler, fit: Fit, dataset, indices: list[int], cfg: Config) -> list:
     """(batch, attention) pairs of the scored eval images, computed once."""
     return [
-        (batch, labeler.attend(batch.images))
+        (batch, labeler.attend(batch.images, fit))
         for batch in iter_batches(
             dataset, indices, cfg.attention.batch_size, cfg.data.empty_labels, "eval attention"
         )
@@ -137,6 +141,7 @@ def _quality(
     cfg: Config,
     run: RunDir,
     labeler: PseudoLabeler,
+    fit: Fit,
     info: dict,
     train_ds,
     eval_ds,
@@ -146,7 +151,7 @@ def _quality(
     """Score every method on held-out eval images; write the table, JSON and plot."""
     nc = eval_ds.num_classes
     eval_idx = _subset(len(eval_ds), cfg.quality.max_images, cfg.seed)
-    cache = _eval_cache(labeler, eval_ds, eval_idx, cfg)
+    cache = _eval_cache(labeler, fit, eval_ds, eval_idx, cfg)
     rows: list[dict] = []
 
     def add(method: str, gt_images: int, preds: list[torch.Tensor]) -> None:
@@ -158,27 +163,28 @@ def _quality(
         for batch, att in cache:
             sal = border_contrast_saliency(batch.images)
             fg = (sal >= otsu_threshold(sal)[:, None, None]).long()
-            preds.append(labeler.classes(fg, batch.labels, att, rule="first_label"))
+            preds.append(labeler.classes(fg, batch.labels, att, fit, rule="first_label"))
         add("colour saliency (no learning)", 0, preds)
     if cfg.quality.random_backbone:
         torch.manual_seed(cfg.seed + 1)
         random_labeler = PseudoLabeler(
             build_backbone(info["timm_kwargs"]), cfg, labeler.device, "random-init ViT baseline"
         )
-        random_labeler.fit(
+        random_fit = random_labeler.fit(
             iter_batches(train_ds, proto_idx, cfg.attention.batch_size, cfg.data.empty_labels),
             train_ds.num_classes,
         )
-        preds = [random_labeler.weak(b)[0] for b, _ in cache]
+        preds = [random_labeler.label(b, random_fit)[0] for b, _ in cache]
         add("random-init ViT + refine", 0, preds)
-    add("attention (raw)", 0, [labeler.weak(b, a, refine=False)[0] for b, a in cache])
-    add("attention + refine", 0, [labeler.weak(b, a, refine=True)[0] for b, a in cache])
+    add("attention (raw)", 0, [labeler.label(b, fit, a, refine=False)[0] for b, a in cache])
+    add("attention + refine", 0, [labeler.label(b, fit, a, refine=True)[0] for b, a in cache])
     if pool is not None:
         for n in cfg.quality.gt_counts:
             if n <= 0 or n > len(pool.order):
                 continue
             enhancer = pool.get(n)
-            add(f"+ enhancer ({n} GT)", n, [labeler.enhanced(b, enhancer, a) for b, a in cache])
+            preds = [labeler.enhanced(b, fit, enhancer, a) for b, a in cache]
+            add(f"+ enhancer ({n} GT)", n, preds)
     # Class assignment alone, on the GT foreground of multi-label eval images.
     targets = [m for b, _ in cache for m in b.masks]
     labels = [lab for b, _ in cache for lab in b.labels]
@@ -186,7 +192,7 @@ def _quality(
         s
         for _, a in cache
         for s in class_scores(
-            a.tokens, labeler.centre.to(a.tokens.device), labeler.prototypes.to(a.tokens.device)
+            a.tokens, fit.centre.to(a.tokens.device), fit.prototypes.to(a.tokens.device)
         )
     ]
     assign = {
@@ -202,11 +208,11 @@ def _quality(
     write_report(
         rows, extra, run.root, f"Pseudo-label quality on {len(eval_idx)} {eval_ds.split} images"
     )
-    _figures(cfg, run, labeler, cache, pool)
+    _figures(cfg, run, labeler, fit, cache, pool)
     return {"rows": rows, **extra}
 
 
-def _figures(cfg: Config, run: RunDir, labeler: PseudoLabeler, cache: list, pool) -> None:
+def _figures(cfg: Config, run: RunDir, labeler: PseudoLabeler, fit: Fit, cache: list, pool) -> None:
     """Overlay grid of the first eval images: heads, weak / mixed pseudo-masks, GT."""
     k = cfg.figures.num_images
     if k <= 0 or not cache:
@@ -217,10 +223,10 @@ def _figures(cfg: Config, run: RunDir, labeler: PseudoLabeler, cache: list, pool
     size = tuple(sub.images.shape[-2:])
     heads = upsample(att.heads[sl], size).cpu()
     sub_att = type(att)(att.heads[sl], att.saliency[sl], att.tokens[sl])
-    masks = {"weak": labeler.weak(sub, sub_att)[0].cpu()}
+    masks = {"weak": labeler.label(sub, fit, sub_att)[0].cpu()}
     n = cfg.mixed.num_gt_images
     if pool is not None and n in pool.models:
-        masks["mixed"] = labeler.enhanced(sub, pool.models[n], sub_att).cpu()
+        masks["mixed"] = labeler.enhanced(sub, fit, pool.models[n], sub_att).cpu()
     masks["ground truth"] = sub.masks
     save_grid(run.figures / "pseudo_masks_eval.png", sub.images, heads, masks, sub.ids)
 
@@ -242,14 +248,14 @@ def run(cfg: Config, run: RunDir) -> dict:
     proto_idx = _subset(len(train_idx), cfg.assign.max_images, cfg.seed + 2)
     proto_idx = [train_idx[i] for i in proto_idx]
     bs, empty = cfg.attention.batch_size, cfg.data.empty_labels
-    labeler.fit(
+    fit = labeler.fit(
         iter_batches(train_ds, proto_idx, bs, empty, "fit on labels"),
         train_ds.num_classes,
     )
     # One seeded order of the GT pool: enhancers on 10, 50, 200 images use nested prefixes.
     perm = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(cfg.seed + 3))
     order = [train_idx[i] for i in perm.tolist()]
-    pool = EnhancerPool(labeler, train_ds, order, cfg, run)
+    pool = EnhancerPool(labeler, fit, train_ds, order, cfg, run)
     enhancer, gt_ids = None, set()
     if cfg.mixed.enabled:
         n = cfg.mixed.num_gt_images
@@ -258,18 +264,19 @@ def run(cfg: Config, run: RunDir) -> dict:
     if stop_requested():
         raise Preempted(0)
     out = run.root / "pseudo_masks"
-    stats = write_pseudo_masks(
-        labeler, iter_batches(train_ds, train_idx, bs, empty, "pseudo-masks"), out, enhancer, gt_ids
-    )
+    batches = iter_batches(train_ds, train_idx, bs, empty, "pseudo-masks")
+    stats = write_pseudo_masks(labeler, fit, batches, out, enhancer, gt_ids)
     log.info("wrote %d pseudo-masks to %s", stats["images"], out)
     summary: dict = {"pseudo_masks": str(out), **stats}
     if cfg.mixed.enabled:
         summary["enhancer"] = pool.summaries[cfg.mixed.num_gt_images]
         summary["gt_images"] = sorted(gt_ids)
     if cfg.quality.enabled:
-        summary["quality"] = _quality(cfg, run, labeler, info, train_ds, eval_ds, proto_idx, pool)
-    if labeler.head_signs is not None:
-        summary["head_signs"] = labeler.head_signs.tolist()
+        summary["quality"] = _quality(
+            cfg, run, labeler, fit, info, train_ds, eval_ds, proto_idx, pool
+        )
+    if fit.head_signs is not None:
+        summary["head_signs"] = fit.head_signs.tolist()
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     metrics.log(0, **{k: v for k, v in summary.items() if isinstance(v, (int, float))})
     (run.root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -2,12 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.backbone import load_backbone
-from common.config import ConfigError, load_config
-from common.datasets.voc import VOCSegmentation
-from distill.attention_maps import extract_attention
 from distill.polarity import ClassSeparation, HeadPolarity, apply_signs
-from distill.pseudo_labels import PseudoLabeler, iter_batches
 
 
 def test_fisher_ratio_equals_the_direct_formula() -> None:
@@ -72,49 +67,6 @@ def test_apply_signs_mirrors_within_each_maps_range() -> None:
     assert torch.allclose(out[0, 1], torch.tensor([[0.7, 0.5], [0.4, 0.1]]))
 
 
-def _labeler(tiny_export, fashion_scenes_root, mode: str, *extra: str):
-
-    cfg = load_config(
-        "distill",
-        "fashion_tiny",
-        [
-            f"backbone={tiny_export}",
-            f"data.root={fashion_scenes_root}",
-            f"mask.head_polarity={mode}",
-            *extra,
-        ],
-    )
-    model, _ = load_backbone(tiny_export)
-    return PseudoLabeler(model, cfg, torch.device("cpu"))
-
-
-def test_the_labeler_fits_signs_and_applies_them_to_every_batch(
-    tiny_export, fashion_scenes_root
-) -> None:
-
-    ds = VOCSegmentation(fashion_scenes_root, "train")
-    labeler = _labeler(tiny_export, fashion_scenes_root, "labels", "mask.token_probe=false")
-    labeler.fit(iter_batches(ds, range(40), 16), ds.num_classes)
-    signs = labeler.head_signs
-    assert signs is not None and signs.shape == (4,) and set(signs.tolist()) <= {1.0, -1.0}
-
-    batch = next(iter_batches(ds, range(8), 8))
-    raw = extract_attention(labeler.model, batch.images, "cosine", [-1])
-    att = labeler.attend(batch.images)
-    assert torch.allclose(att.heads, apply_signs(raw.heads, signs))
-    assert torch.allclose(att.saliency, att.heads.mean(dim=1))
-
-
-def test_an_unknown_polarity_mode_is_named(tiny_export, fashion_scenes_root) -> None:
-
-    ds = VOCSegmentation(fashion_scenes_root, "train")
-    labeler = _labeler(tiny_export, fashion_scenes_root, "border")
-    with pytest.raises(
-        ConfigError, match=r"mask.head_polarity must be one of \('labels', 'none'\)"
-    ):
-        labeler.fit(iter_batches(ds, range(8), 8), ds.num_classes)
-
-
 def test_flat_maps_split_into_equal_halves() -> None:
     heads, tokens, labels = _scenes(n=12)
     acc = HeadPolarity(num_classes=4)
@@ -123,16 +75,3 @@ def test_flat_maps_split_into_equal_halves() -> None:
     assert acc.bright.class_counts.sum(1).tolist() == [12.0] * 3
     assert acc.dark.class_counts.sum(1).tolist() == [12.0] * 3
     assert (acc.dark.sq_norms > 11.99).all()  # every pooled vector is a unit vector
-
-
-def test_refitting_without_polarity_clears_the_signs(tiny_export, fashion_scenes_root) -> None:
-    ds = VOCSegmentation(fashion_scenes_root, "train")
-    labeler = _labeler(tiny_export, fashion_scenes_root, "labels")
-    labeler.fit(iter_batches(ds, range(40), 16), ds.num_classes)
-    assert labeler.head_signs is not None
-    labeler.cfg.mask.head_polarity = "none"
-    labeler.fit(iter_batches(ds, range(40), 16), ds.num_classes)
-    assert labeler.head_signs is None
-    batch = next(iter_batches(ds, range(4), 4))
-    raw = extract_attention(labeler.model, batch.images, "cosine", [-1])
-    assert torch.equal(labeler.attend(batch.images).heads, raw.heads)

@@ -69,10 +69,10 @@ def test_cli_writes_pseudo_masks_figures_and_quality(distill_run, fashion_scenes
 
 def test_log_labels_the_baseline_and_prints_no_raw_tensors(distill_run):
     log_text = (distill_run[0] / "log.txt").read_text()
-    assert "backbone: head polarity from" in log_text
-    assert "random-init ViT baseline: head polarity from" in log_text
-    assert "random-init ViT baseline: foreground probe fitted" in log_text
-    assert "tensor(" not in log_text and "{'flips'" not in log_text
+    assert "backbone: head signs from" in log_text
+    assert "random-init ViT baseline: head signs from" in log_text
+    assert "after the search on the foreground probe's map mirrored" in log_text
+    assert "tensor(" not in log_text
     assert "Pseudo-label quality on 16 val images:" in log_text
     assert "quality (" not in log_text
 

@@ -1,18 +1,16 @@
+from dataclasses import FrozenInstanceError
+
 import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from common.backbone import load_backbone
-from common.config import ConfigError, load_config
-from common.datasets.voc import VOCSegmentation
 from distill.polarity import apply_signs
-from distill.pseudo_labels import PseudoLabeler, iter_batches
 from distill.token_probe import (
-    ForegroundProbe,
+    ProbeSeeds,
     fit_probe,
     probe_separation,
-    refine_signs,
+    search_signs,
     seed_labels,
 )
 
@@ -27,7 +25,7 @@ def test_seeds_are_the_top_and_bottom_share_of_each_image() -> None:
         assert flat[s == 1].min() > flat[s == -1].max() > flat[s == -1].min() > flat[s == 0].max()
     flat = seed_labels(torch.ones(1, 4, 4), 0.25)  # ties: still 4 seeds each way, by rank
     assert (flat == 1).sum() == 4 and (flat == 0).sum() == 4
-    with pytest.raises(ValueError, match="probe_seed_share"):
+    with pytest.raises(ValueError, match="seed share"):
         seed_labels(maps, 0.6)
     odd = seed_labels(torch.rand(1, 3, 5), 0.5)  # 15 patches: 7 each way, never overlapping
     assert (odd == 1).sum() == 7 and (odd == 0).sum() == 7
@@ -49,11 +47,12 @@ def _scenes(n: int = 64, grid: int = 8, dim: int = 16, seed: int = 0):
 
 
 def test_the_probe_is_sharper_than_the_maps_that_seed_it() -> None:
+    """token_probe earns its place: its map beats the head mean it replaced."""
     tokens, maps, fg = _scenes()
-    probe = ForegroundProbe(seed_share=0.3)
-    probe.add(tokens[:48], maps[:48])
-    stats = probe.fit()
-    assert stats["seeds"] == 48 * 2 * 19  # round(0.3 * 64) patches each way per image
+    seeds = ProbeSeeds()
+    seeds.add(tokens[:48], maps[:48])
+    assert seeds.count == 48 * 2 * 19  # round(0.3 * 64) patches each way per image
+    probe = seeds.fit()
     held = slice(48, None)
     auc_maps = roc_auc_score(fg[held].flatten(), maps[held].flatten())
     prob = probe(tokens[held])
@@ -64,45 +63,16 @@ def test_the_probe_is_sharper_than_the_maps_that_seed_it() -> None:
 
 def test_images_without_objects_add_background_seeds_only() -> None:
     tokens, maps, _ = _scenes(n=4)
-    probe = ForegroundProbe(0.25)
-    probe.add_background(tokens[:2])
+    seeds = ProbeSeeds(0.25)
+    seeds.add_background(tokens[:2])
     with pytest.raises(ValueError, match="LogisticRegression|class|solver"):
-        probe.fit()  # background alone: one class, nothing to separate
-    probe = ForegroundProbe(0.25)
-    probe.add(tokens[2:], maps[2:])
-    probe.add_background(tokens[:2])
-    assert probe.fit()["seeds"] == 2 * 32 + 2 * 64
-    with pytest.raises(RuntimeError, match="fit must run"):
-        ForegroundProbe()(tokens)
-
-
-def _labeler(tiny_export, root, *extra: str) -> PseudoLabeler:
-    cfg = load_config(
-        "distill", "fashion_tiny", [f"backbone={tiny_export}", f"data.root={root}", *extra]
-    )
-    model, _ = load_backbone(tiny_export)
-    return PseudoLabeler(model, cfg, torch.device("cpu"))
-
-
-def test_the_labeler_replaces_the_head_mean_by_the_probe(tiny_export, fashion_scenes_root):
-    ds = VOCSegmentation(fashion_scenes_root, "train")
-    labeler = _labeler(tiny_export, fashion_scenes_root)
-    labeler.fit(iter_batches(ds, range(40), 16), ds.num_classes)
-    assert labeler.fg_probe is not None
-    batch = next(iter_batches(ds, range(8), 8))
-    att = labeler.attend(batch.images)
-    assert torch.allclose(att.saliency, labeler.fg_probe(att.tokens))
-    labeler.cfg.mask.token_probe = False  # a refit without it restores the head mean
-    labeler.fit(iter_batches(ds, range(40), 16), ds.num_classes)
-    att = labeler.attend(batch.images)
-    assert labeler.fg_probe is None and torch.allclose(att.saliency, att.heads.mean(dim=1))
-
-
-def test_a_seed_share_out_of_range_is_a_config_error(tiny_export, fashion_scenes_root):
-    ds = VOCSegmentation(fashion_scenes_root, "train")
-    labeler = _labeler(tiny_export, fashion_scenes_root, "mask.probe_seed_share=0.7")
-    with pytest.raises(ConfigError, match=r"mask.probe_seed_share must be in \(0, 0.5\]"):
-        labeler.fit(iter_batches(ds, range(8), 8), ds.num_classes)
+        seeds.fit()  # background alone: one class, nothing to separate
+    seeds = ProbeSeeds(0.25)
+    seeds.add(tokens[2:], maps[2:])
+    seeds.add_background(tokens[:2])
+    assert seeds.count == 2 * 32 + 2 * 64
+    with pytest.raises(ValueError, match="no image was added"):
+        ProbeSeeds().fit()
 
 
 def _labelled_scenes(n: int = 60, grid: int = 8, dim: int = 16):
@@ -124,27 +94,23 @@ def _labelled_scenes(n: int = 60, grid: int = 8, dim: int = 16):
     return heads, tokens, labels, fg
 
 
-def test_refined_signs_turn_inverted_heads_towards_the_objects() -> None:
+def test_the_sign_search_beats_unsigned_heads() -> None:
+    """head_polarity=search earns its place against `none` (the heads as they come)."""
     heads, tokens, labels, fg = _labelled_scenes()
     images = [(heads[i : i + 20], tokens[i : i + 20], labels[i : i + 20]) for i in (0, 20, 40)]
     # Two scenes known to be empty: background tokens only, every patch a background seed.
     bg = tokens[:2].clone()
     bg[:] = tokens[0][fg[0] == 0].mean(0)
     images.append((heads[:2], bg, [[], []]))
-    start = fit_probe(images, torch.ones(3), 0.3)
-    assert roc_auc_score(fg.flatten(), start(tokens).flatten()) < 0.5  # seeds on the background
-    flips, probe, separation = refine_signs(images, num_classes=4, share=0.3)
-    assert flips[0] == 1 and (flips[1:] == -1).any()
-    signed = apply_signs(heads, flips).mean(dim=1)
+    unsigned = fit_probe(images, torch.ones(3))
+    assert roc_auc_score(fg.flatten(), unsigned(tokens).flatten()) < 0.5  # seeds on the background
+    found = search_signs(images, num_classes=4)
+    assert found.single_label_images == 60
+    assert found.start.tolist() == [1.0, -1.0, -1.0]
+    assert found.signs.tolist() == [1.0, -1.0, -1.0]  # a flip that only ties is not taken
+    signed = apply_signs(heads, found.signs).mean(dim=1)
     assert roc_auc_score(fg.flatten(), signed.flatten()) > 0.9
-    assert roc_auc_score(fg.flatten(), probe(tokens).flatten()) > 0.95
-    assert separation > probe_separation(start, images, 4)
-
-
-def test_the_probe_and_the_border_rule_together_are_a_config_error(
-    tiny_export, fashion_scenes_root
-):
-    ds = VOCSegmentation(fashion_scenes_root, "train")
-    labeler = _labeler(tiny_export, fashion_scenes_root, "mask.border_polarity=true")
-    with pytest.raises(ConfigError, match="mask.token_probe and mask.border_polarity"):
-        labeler.fit(iter_batches(ds, range(8), 8), ds.num_classes)
+    assert roc_auc_score(fg.flatten(), found.probe(tokens).flatten()) > 0.95
+    assert found.separation > probe_separation(unsigned, images, 4)
+    with pytest.raises(FrozenInstanceError):
+        found.probe.bias = 0.0  # a fitted probe is a value: nothing changes it afterwards
