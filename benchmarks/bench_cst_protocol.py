@@ -1,12 +1,18 @@
-"""FS-CS on FashionScenes: `protocol: ours` vs `cst`, and CST's model on our episodes.
+"""FS-CS on FashionScenes: `protocol: ours` vs `cst`, CST's model on our episodes, and
+CST's weak setting against our weak and full supervision.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_cst_protocol.py --backbone EXPORT \
         --data SCENES --out runs/bench_cst --seeds 0 1 -- data.max_train_images=2000
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_cst_protocol.py --study supervision \
+        --backbone EXPORT --data SCENES --pseudo-masks DISTILL_RUN --out runs/bench_cst_sup
 
-Three runs per seed, same backbone, data and schedule (the `fashion_tiny` preset, full
-supervision, fold 0, 2-way 1-shot): ours; CST's support tokens and head tested on our
-episodes (separates the model from the episode sampling); CST's protocol whole. Prints a
-markdown table of the heads' and the prototype baseline's scores.
+`--study protocol` (default), three runs per seed with the same backbone, data and schedule
+(the `fashion_tiny` preset, full supervision, fold 0, 2-way 1-shot): ours; CST's support
+tokens and head tested on our episodes (separates the model from the episode sampling);
+CST's protocol whole. `--study supervision`, `protocol: cst` throughout: `full`, our `weak`
+(stage-2 pseudo-masks for training, ground-truth support masks at test) and `cst_weak`
+(no support mask anywhere, query pseudo-masks made on the fly). Prints a markdown table of
+the heads' and the prototype baseline's scores.
 """
 
 from __future__ import annotations
@@ -20,37 +26,58 @@ from common.cli import stage_main
 from fewshot import stage
 
 
-def _ours_episodes(name: str, labels, classes, way: int, shot: int):
+def _ours_episodes(cfg, labels, classes, way):
     """Our test episodes where `protocol: cst` would take CST's (same seeds as `ours`)."""
-    kw = dict(labels=labels, classes=classes, way=way, shot=shot, presence_prior=0.5)
-    return stage._sampler(name, seed=way, **kw)
+    return stage.EpisodeSampler(
+        name=f"{way}-way {cfg.shot}-shot test episodes",
+        labels=labels,
+        classes=classes,
+        way=way,
+        shot=cfg.shot,
+        presence_prior=cfg.episodes.presence_prior,
+        seed=cfg.episodes.seed + way,
+    )
+
+
+def _variants(args) -> dict[str, tuple[list[str], bool]]:
+    """Variant name -> (overrides, whether CST's model is tested on our episodes)."""
+    if args.study == "protocol":
+        return {
+            "ours": (["protocol=ours", "supervision=full"], False),
+            "cst model, our episodes": (["protocol=cst", "supervision=full"], True),
+            "cst": (["protocol=cst", "supervision=full"], False),
+        }
+    if args.pseudo_masks is None:
+        raise SystemExit("--study supervision needs --pseudo-masks (a distill run) for `weak`")
+    weak = ["supervision=weak", f"pseudo_masks={args.pseudo_masks}"]
+    return {
+        "full": (["protocol=cst", "supervision=full"], False),
+        "weak (ours)": (["protocol=cst", *weak], False),
+        "cst_weak": (["protocol=cst", "supervision=cst_weak"], False),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the three variants per seed and print one markdown row per run, way and model."""
+    """Run the variants per seed and print one markdown row per run, way and model."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--study", choices=["protocol", "supervision"], default="protocol")
+    parser.add_argument("--pseudo-masks", help="distill run dir (the `weak` variant)")
     parser.add_argument("overrides", nargs="*", help="fewshot config overrides key=value")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    variants = {
-        "ours": ("ours", False),
-        "cst model, our episodes": ("cst", True),
-        "cst": ("cst", False),
-    }
     print("| variant | seed | way | model | ER | mIoU | FB-IoU |")
     print("| --- | ---: | --- | --- | ---: | ---: | ---: |")
     for seed in args.seeds:
-        for name, (protocol, patch) in variants.items():
+        for name, (variant, our_episodes) in _variants(args).items():
             overrides = [
                 f"backbone={args.backbone}",
                 f"data.root={args.data}",
-                f"protocol={protocol}",
+                *variant,
                 f"seed={seed}",
-                "supervision=full",
                 "fold=0",
                 "way=2",
                 "baselines.random_backbone=false",
@@ -58,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"data.cache_dir={args.out / 'cache'}",
                 *args.overrides,
             ]
-            out = args.out / f"{protocol}{'_our_episodes' if patch else ''}_seed{seed}"
-            argv = ["--config", "fashion_tiny", "--output-dir", str(out), *overrides]
-            sampler = _ours_episodes if patch else stage._cst_sampler
-            with mock.patch.object(stage, "_cst_sampler", sampler):
+            slug = name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
+            out = args.out / f"{slug}_seed{seed}"
+            argv = ["--config", "fashion_tiny", "--output-dir", str(out), "--force", *overrides]
+            sampler = _ours_episodes if our_episodes else stage.test_sampler
+            with mock.patch.object(stage, "test_sampler", sampler):
                 results = stage_main("fewshot", stage.run, "bench", argv)
             for way, by_model in results["test"].items():
                 for model, m in by_model.items():

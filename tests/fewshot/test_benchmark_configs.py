@@ -66,11 +66,22 @@ def test_cst_pascal_presets_chain_distill_to_weak_fscs(tmp_path, dino_vits8_like
     distill_argv += [*common, "device=cpu", "quality.max_images=8", "figures.num_images=1"]
     stage_main("distill", distill_run, "test", distill_argv)
     argv = ["--config", "cst_pascal", "--output-dir", str(tmp_path / "run"), *common, *TINY]
-    argv += [f"pseudo_masks={tmp_path / 'distill'}", "fold=0", "way=2"]
+    argv += [f"pseudo_masks={tmp_path / 'distill'}", "fold=0", "way=2", "supervision=weak"]
     results = stage_main("fewshot", run, "test", argv)
     assert results["setting"]["supervision"] == "weak"
     assert results["setting"]["protocol"] == "cst"
     assert set(results["test"]) == {"1way", "2way"}
+
+
+def test_cst_pascal_preset_is_csts_weak_setting(tmp_path, dino_vits8_like):
+    root = build_pascal_like(tmp_path / "voc", _classes("pascal", 0))
+    argv = ["--config", "cst_pascal", "--output-dir", str(tmp_path / "run"), *TINY]
+    argv += [f"data.root={root}", f"backbone={dino_vits8_like}", "fold=0", "way=2"]
+    results = stage_main("fewshot", run, "test", argv)  # no distill run: masks made on the fly
+    assert results["setting"]["supervision"] == "cst_weak"
+    assert results["setting"]["support_masks_at_test"] == "none"
+    assert results["setting"]["protocol"] == "cst"
+    assert set(results["test"]["2way"]) == {"head", "prototype"}
 
 
 def test_cst_coco_preset(tmp_path, dino_vits8_like):
@@ -79,6 +90,6 @@ def test_cst_coco_preset(tmp_path, dino_vits8_like):
     argv = ["--config", "cst_coco", "--output-dir", str(tmp_path / "run")]
     argv += [f"data.root={root}", f"backbone={dino_vits8_like}", "fold=0", *TINY]
     results = stage_main("fewshot", run, "test", argv)
-    assert results["setting"]["supervision"] == "full"
+    assert results["setting"]["supervision"] == "cst_weak"
     assert results["setting"]["protocol"] == "cst"
     assert 0.0 <= results["test"]["1way"]["head"]["miou"] <= 1.0
