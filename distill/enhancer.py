@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.checkpoint import CheckpointError, atomic_torch_save, load_resume_checkpoint
+from common.checkpoint import CheckpointError
 from common.metrics import IGNORE_INDEX
-from common.optim import optimizer_step
-from common.preemption import Preempted, stop_requested
-from common.runtime import rng_state, set_rng_state
+from common.train_loop import Checkpointing, TrainLoop
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ def enhancer_inputs(
 class Enhancer(nn.Module):
     """Dilated conv stack; output = coarse-mask logit + learned correction (logits [B, r, r])."""
 
-    def __init__(self, in_channels: int, channels: int = 16, depth: int = 4) -> None:
+    def __init__(self, in_channels: int, channels: int, depth: int) -> None:
         super().__init__()
         if in_channels < 5:
             raise ValueError(
@@ -98,17 +97,69 @@ def _fg_iou(model: Enhancer, inputs: torch.Tensor, targets: torch.Tensor) -> flo
 
 @dataclass
 class EnhancerTrainConfig:
-    """Optimisation settings of :func:`train_enhancer` (from the ``enhancer`` config block)."""
+    """Optimisation settings of :func:`train_enhancer`: the config's ``enhancer`` and ``train``
+    keys of the same names, which hold the defaults (configs/distill/default.yaml)."""
 
-    max_steps: int = 300
-    batch_size: int = 16
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    val_fraction: float = 0.2
-    eval_every: int = 25
-    patience: int = 4
-    channels: int = 16
-    depth: int = 4
+    max_steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    val_fraction: float
+    eval_every: int
+    patience: int
+    channels: int
+    depth: int
+
+
+class _EarlyStopping:
+    """The best validation fg-IoU, its weights and the checks without gain; resumable.
+
+    ``identity`` (input channels, image count, the context that shaped the inputs) is saved
+    too: a checkpoint written for other inputs is refused on resume.
+    """
+
+    def __init__(self, model: Enhancer, initial_iou: float, identity: dict) -> None:
+        self.model, self.identity = model, identity
+        self.initial_iou = self.best_iou = initial_iou
+        self.best_model = copy.deepcopy(model.state_dict())
+        self.bad_evals = 0
+
+    def update(self, iou: float) -> None:
+        if iou > self.best_iou:
+            self.best_iou, self.bad_evals = iou, 0
+            self.best_model = copy.deepcopy(self.model.state_dict())
+        else:
+            self.bad_evals += 1
+
+    def checkpoint_state(self) -> dict:
+        return {
+            **self.identity,
+            "initial_iou": self.initial_iou,
+            "best_iou": self.best_iou,
+            "best_model": self.best_model,
+            "bad_evals": self.bad_evals,
+        }
+
+    def restore(self, state: dict, path: Path) -> None:
+        want = self.identity
+        if (state.get("in_channels"), state.get("num_images")) != (
+            want["in_channels"],
+            want["num_images"],
+        ):
+            raise CheckpointError(
+                f"enhancer checkpoint {path} was trained with {state.get('in_channels')} "
+                f"input channels on {state.get('num_images')} images, not "
+                f"{want['in_channels']} on {want['num_images']}; delete it or use another "
+                "--output-dir"
+            )
+        if state.get("context", {}) != want["context"]:
+            raise CheckpointError(
+                f"enhancer checkpoint {path} was trained with {state.get('context', {})}, "
+                f"this run has {want['context']} (the backbone, its head polarity or "
+                "mask.token_probe changed); delete it or use another --output-dir"
+            )
+        self.initial_iou, self.best_iou = state["initial_iou"], state["best_iou"]
+        self.best_model, self.bad_evals = state["best_model"], state["bad_evals"]
 
 
 def train_enhancer(
@@ -123,9 +174,11 @@ def train_enhancer(
 
     ``inputs`` [N, 4 + K, r, r] from :func:`enhancer_inputs`; ``targets`` [N, H, W] with 1
     foreground, 0 background, 255 ignore. Returns the best model (by validation IoU) and
-    a summary. Polls :func:`common.preemption.stop_requested` between steps. ``context``
-    (e.g. the head signs that shaped the inputs) is saved with the checkpoint; resuming
-    with another context is refused, since the inputs would no longer mean the same.
+    a summary. The learning rate is constant; the run stops at ``cfg.max_steps`` or after
+    ``cfg.patience`` validations without gain, and checkpoints at each validation (and on a
+    pre-emption request). ``context`` (e.g. the head signs that shaped the inputs) is saved
+    with the checkpoint; resuming with another context is refused, since the inputs would
+    no longer mean the same.
     """
     context = context or {}
     n = inputs.shape[0]
@@ -143,80 +196,51 @@ def train_enhancer(
     if n_val == 0:  # one GT image: train on it and validate on it
         val_idx = train_idx
     model = Enhancer(inputs.shape[1], cfg.channels, cfg.depth)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = {"step": 0, "best_iou": _fg_iou(model, inputs[val_idx], targets[val_idx])}
-    state["best_model"] = copy.deepcopy(model.state_dict())
-    state["initial_iou"] = state["best_iou"]
-    state["bad_evals"] = 0
-    ckpt_path = Path(ckpt_path) if ckpt_path else None
-    found = load_resume_checkpoint(ckpt_path) if ckpt_path else None
-    if found is not None:
-        ckpt = found[0]
-        if ckpt.get("in_channels") != inputs.shape[1] or ckpt.get("num_images") != n:
-            raise CheckpointError(
-                f"enhancer checkpoint {ckpt_path} was trained with {ckpt.get('in_channels')} "
-                f"input channels on {ckpt.get('num_images')} images, not {inputs.shape[1]} on "
-                f"{n}; delete it or use another --output-dir"
-            )
-        if ckpt.get("context", {}) != context:
-            raise CheckpointError(
-                f"enhancer checkpoint {ckpt_path} was trained with {ckpt.get('context', {})}, "
-                f"this run has {context} (the backbone, its head polarity or mask.token_probe "
-                "changed); delete it or use another --output-dir"
-            )
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        state = ckpt["state"]
-        set_rng_state(ckpt["rng"])
-        gen.set_state(ckpt["gen"])
-        log.info("enhancer: resumed from %s at step %d", ckpt_path, state["step"])
+    early = _EarlyStopping(
+        model,
+        _fg_iou(model, inputs[val_idx], targets[val_idx]),
+        {"in_channels": inputs.shape[1], "num_images": n, "context": context},
+    )
 
-    def save() -> None:
-        if ckpt_path:
-            atomic_torch_save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "state": state,
-                    "rng": rng_state(),
-                    "gen": gen.get_state(),
-                    "in_channels": inputs.shape[1],
-                    "num_images": n,
-                    "context": context,
-                },
-                ckpt_path,
+    def batches(start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:  # batches come from ``gen``, whose state the checkpoint holds
+            batch = train_idx[torch.randint(len(train_idx), (cfg.batch_size,), generator=gen)]
+            x, y = inputs[batch], targets[batch]
+            flip = torch.rand(len(batch), generator=gen) < 0.5  # horizontal flips: free data
+            yield (
+                torch.where(flip[:, None, None, None], x.flip(-1), x),
+                torch.where(flip[:, None, None], y.flip(-1), y),
             )
 
-    while state["step"] < cfg.max_steps and state["bad_evals"] < cfg.patience:
-        if stop_requested():
-            save()
-            raise Preempted(state["step"])
-        model.train()
-        batch = train_idx[torch.randint(len(train_idx), (cfg.batch_size,), generator=gen)]
-        x, y = inputs[batch], targets[batch]
-        flip = torch.rand(len(batch), generator=gen) < 0.5  # horizontal flips: free data
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        y = torch.where(flip[:, None, None], y.flip(-1), y)
-        loss = _loss(model, x, y)
-        optimizer_step(loss, opt, f"enhancer at step {state['step']}", "lower enhancer.lr", save)
-        state["step"] += 1
-        if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.max_steps:
-            iou = _fg_iou(model, inputs[val_idx], targets[val_idx])
-            if iou > state["best_iou"]:
-                state.update(
-                    best_iou=iou, best_model=copy.deepcopy(model.state_dict()), bad_evals=0
-                )
-            else:
-                state["bad_evals"] += 1
-            log.debug("enhancer step %d loss %.4f val fg-IoU %.4f", state["step"], loss.item(), iou)
-            save()
-    model.load_state_dict(state["best_model"])
+    def after_step(step: int, record: dict) -> None:
+        if step % cfg.eval_every and step != cfg.max_steps:
+            return
+        iou = _fg_iou(model, inputs[val_idx], targets[val_idx])
+        early.update(iou)
+        log.debug("enhancer step %d loss %.4f val fg-IoU %.4f", step, record["loss"], iou)
+
+    loop = TrainLoop(
+        model=model,
+        optimizer=torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+        step_fn=lambda batch: (_loss(model, *batch), {}),
+        batches=batches,
+        total_steps=cfg.max_steps,
+        name="enhancer",
+        fix="lower enhancer.lr",
+        checkpoint=Checkpointing(Path(ckpt_path), cfg.eval_every, keep=0) if ckpt_path else None,
+        generator=gen,
+        extra=early,
+        after_step=after_step,
+        finished=lambda: early.bad_evals >= cfg.patience,
+    )
+    steps = loop.run().steps
+    model.load_state_dict(early.best_model)
     model.eval()
     summary = {
-        "steps": state["step"],
+        "steps": steps,
         "train_images": len(train_idx),
         "val_images": len(val_idx),
-        "val_fg_iou_initial": state["initial_iou"],
-        "val_fg_iou_best": state["best_iou"],
+        "val_fg_iou_initial": early.initial_iou,
+        "val_fg_iou_best": early.best_iou,
     }
     return model, summary

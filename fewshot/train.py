@@ -1,33 +1,26 @@
-"""Training loop of the FS-CS head: 1-way 1-shot episodes, resumable, best by validation mIoU.
+"""Training of the FS-CS head: 1-way 1-shot episodes, resumable, best by validation mIoU.
 
 Step ``t`` draws its episodes from an RNG seeded by ``(seed, t)``, so a resumed run sees
 exactly the episodes an uninterrupted one would. ``<ckpt_dir>/last.pt`` holds model,
-optimiser, step and the best validation score; ``best.pt`` the best model weights.
+optimiser, step and the best validation score (:class:`common.train_loop.TrainLoop`);
+``best.pt`` the best model weights.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-import math
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from common.checkpoint import (
-    atomic_torch_save,
-    load_resume_checkpoint,
-    load_state_dict_strict,
-    load_torch_file,
-    save_checkpoint,
-)
-from common.optim import optimizer_step
-from common.preemption import Preempted, stop_requested
+from common.checkpoint import atomic_torch_save, load_state_dict_strict, load_torch_file
+from common.optim import cosine_decay
 from common.rundir import MetricsLogger
+from common.train_loop import Checkpointing, TrainLoop
 from fewshot.data import ImagePool
 from fewshot.episodes import EpisodeSampler
 from fewshot.model import FSCSModel, loss_fn, one_way_batch
@@ -51,6 +44,19 @@ class TrainSettings:
     seed: int
 
 
+class _Best:
+    """The best validation mIoU so far and its step; saved with the checkpoint."""
+
+    def __init__(self) -> None:
+        self.score, self.step = -1.0, 0
+
+    def checkpoint_state(self) -> dict:
+        return {"best": self.score, "best_step": self.step}
+
+    def restore(self, state: dict, path: Path) -> None:
+        self.score, self.step = state["best"], state["best_step"]
+
+
 def train_head(
     model: FSCSModel,
     pool: ImagePool,
@@ -68,80 +74,63 @@ def train_head(
     the last weights.
     Returns ``{"best_val_miou", "best_step", "steps", "seconds"}``.
     """
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    last, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    # Cosine decay indexed by step, so resuming is a lookup.
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda t: 0.5 * (1 + math.cos(math.pi * min(t, settings.max_steps) / settings.max_steps)),
-    )
-    step, best, best_step, seconds = 0, -1.0, 0, 0.0
-    found = load_resume_checkpoint(last)
-    if found is not None:
-        state, path = found
-        load_state_dict_strict(model, state["model"], f"{tag} head checkpoint {path}")
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step, best, best_step = state["step"], state["best"], state["best_step"]
-        seconds = state.get("seconds", 0.0)
-        log.info("%s: resumed from %s at step %d", tag, path, step)
+    best_path = ckpt_dir / "best.pt"
+    best = _Best()
 
-    def save() -> None:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "step": step,
-            "best": best,
-            "best_step": best_step,
-            "seconds": seconds,
-        }
-        # One step copy beside last.pt: resume falls back to it if last.pt is damaged.
-        save_checkpoint(state, ckpt_dir, step, keep=1)
+    def batches(start: int) -> Iterator[dict]:
+        for step in itertools.count(start):
+            rng = np.random.default_rng([settings.seed, step])
+            eps = [sampler.sample(rng) for _ in range(settings.batch_size)]
+            yield one_way_batch(
+                pool, [(e.query, e.supports[0][0], e.classes[0]) for e in eps], device
+            )
 
-    bar = tqdm(total=settings.max_steps, initial=step, desc=f"train {tag}", leave=False)
-    start = time.perf_counter() - seconds
-    while step < settings.max_steps:
-        if stop_requested():
-            seconds = time.perf_counter() - start
-            save()
-            raise Preempted(step)
-        model.train()
-        rng = np.random.default_rng([settings.seed, step])
-        eps = [sampler.sample(rng) for _ in range(settings.batch_size)]
-        batch = one_way_batch(
-            pool, [(e.query, e.supports[0][0], e.classes[0]) for e in eps], device
-        )
+    def step_fn(batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         presence, seg = model(batch["query"], batch["support"], batch["support_mask"])
-        loss, parts = loss_fn(
+        return loss_fn(
             presence, seg, batch, settings.cls_weight, settings.seg_weight, settings.fg_weight
         )
-        optimizer_step(
-            loss,
-            opt,
-            f"{tag} at step {step}",
-            f"the last checkpoint ({last}) is intact. Lower train.lr and resume.",
-            scheduler=sched,
-        )
-        step += 1
-        bar.update(1)
-        record = {"loss": float(loss.detach()), **parts, "lr": sched.get_last_lr()[0]}
-        if validate is not None and (step % settings.eval_every == 0 or step == settings.max_steps):
-            val = validate(model)
-            record["val_miou"] = val
-            if val > best:
-                best, best_step = val, step
-                atomic_torch_save(model.state_dict(), best_path)
-            log.info("%s step %d loss %.4f val mIoU %.4f", tag, step, float(loss.detach()), val)
-        metrics.log(step, head=tag, **record)
-        if step % settings.ckpt_every == 0 or step == settings.max_steps:
-            seconds = time.perf_counter() - start
-            save()
-    bar.close()
-    seconds = time.perf_counter() - start
+
+    def after_step(step: int, record: dict) -> None:
+        if validate is None or (step % settings.eval_every and step != settings.max_steps):
+            return
+        record["val_miou"] = val = validate(model)
+        if val > best.score:
+            best.score, best.step = val, step
+            atomic_torch_save(model.state_dict(), best_path)
+        log.info("%s step %d loss %.4f val mIoU %.4f", tag, step, record["loss"], val)
+
+    loop = TrainLoop(
+        model=model,
+        optimizer=torch.optim.AdamW(
+            model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+        ),
+        step_fn=step_fn,
+        batches=batches,
+        total_steps=settings.max_steps,
+        name=tag,
+        fix="lower train.lr and resume",
+        lr_scale=lambda step: cosine_decay(step, settings.max_steps),
+        # One step copy beside last.pt: resume falls back to it if last.pt is damaged.
+        checkpoint=Checkpointing(ckpt_dir / "last.pt", settings.ckpt_every, keep=1),
+        extra=best,
+        after_step=after_step,
+        metrics=metrics,
+        labels={"head": tag},
+    )
+    result = loop.run()
     if validate is None:
-        return {"best_val_miou": None, "best_step": step, "steps": step, "seconds": seconds}
+        return {
+            "best_val_miou": None,
+            "best_step": result.steps,
+            "steps": result.steps,
+            "seconds": result.seconds,
+        }
     if best_path.is_file():
         load_state_dict_strict(model, load_torch_file(best_path), str(best_path))
-    return {"best_val_miou": best, "best_step": best_step, "steps": step, "seconds": seconds}
+    return {
+        "best_val_miou": best.score,
+        "best_step": best.step,
+        "steps": result.steps,
+        "seconds": result.seconds,
+    }
