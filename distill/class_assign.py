@@ -10,11 +10,9 @@ similar; the per-label score maps are upsampled bilinearly before the pixel-wise
 
 ``first_label`` rule (the no-learning reference of the quality report and of the colour
 saliency baseline): every foreground pixel gets the image's lowest class id; it is exact on
-single-label images. It wins only where class ids carry a size prior: FashionScenes
-numbers the big garments (T-shirt .. coat) before the small shoes and bags, so the lowest
-id holds 50.5% of multi-label foreground against 43.8% for a random label of the image.
-When the patch tokens name the classes, ``prototype`` splits the objects and
-``first_label`` cannot (tests/distill/test_class_assign.py).
+single-label images. It beats a random label only where class ids carry a size prior, as
+in FashionScenes (docs/distill.md). When the patch tokens name the classes, ``prototype``
+splits the objects and ``first_label`` cannot (tests/distill/test_class_assign.py).
 """
 
 from __future__ import annotations
