@@ -193,8 +193,8 @@ MEANING = {
     "same shape: the gap is what pretraining learnt.",
     "distill": "The weak pseudo-masks use the image-level labels only. The random-init row runs "
     "the same pipeline on an untrained backbone of the same shape, so the gap between the two "
-    "is what the pretrained features give stage 2. The enhancer rows add 10 / 50 / 200 "
-    "ground-truth masks.",
+    "is what the pretrained features give stage 2. Each enhancer row adds the number of "
+    "ground-truth masks it names.",
     "fewshot": "Each FS-CS head learns from the weak pseudo-masks. The random-backbone head is "
     "the same head trained the same way on an untrained backbone: where the two tie, the head "
     "learns foreground from contrast, which random features carry too, and not the class "

@@ -46,7 +46,7 @@ TINY = {
         "assign.max_images=40",
         "mixed.num_gt_images=10",
         "train.max_steps=4",
-        "quality.max_images=20",
+        "quality.max_images=12",
         "quality.gt_counts=[10]",
         "refine.method=par_variation",
         "figures.num_images=2",
@@ -62,7 +62,7 @@ TINY = {
         "logreg.shots=[1]",
         "logreg.num_splits=1",
         "multilabel.percent=50.0",
-        "train.max_steps=10",
+        "train.max_steps=5",
         "threads=1",
     ],
     "fewshot": [
@@ -76,7 +76,7 @@ TINY = {
         "train.batch_size=4",
         "train.eval_every=4",
         "episodes.val_episodes=8",
-        "episodes.test_episodes=8",
+        "episodes.test_episodes=4",
         "eval.visualize=0",
         "threads=1",
     ],
@@ -140,9 +140,8 @@ def test_tiny_chain_on_cpu_reports_the_bars(
         assert len(found) == 1, (check, rows)
         return [cell.strip() for cell in found[0].strip("|").split("|")]
 
-    quality = {
-        r["method"]: r for r in json.loads((out / "distill" / "results.json").read_text())["rows"]
-    }
+    distill = json.loads((out / "distill" / "results.json").read_text())
+    quality = {r["method"]: r for r in distill["quality"]["rows"]}
     weak = quality["attention + refine"]
     for check, other in (
         ("weak pseudo-masks vs colour saliency", "colour saliency (no learning)"),
