@@ -17,7 +17,7 @@ from common.backbone import forward_tokens
 class SegmentationDecoder(nn.Module):
     """Logits [B, num_classes, H, W] from patch tokens [B, h, w, C] and images [B, 3, H, W]."""
 
-    def __init__(self, embed_dim: int, num_classes: int, channels: int = 32) -> None:
+    def __init__(self, embed_dim: int, num_classes: int, channels: int) -> None:
         super().__init__()
         self.tokens = nn.Sequential(
             nn.Conv2d(embed_dim, channels, 1),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +21,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common.backbone import check_input_size, load_backbone, source_of
-from common.checkpoint import CheckpointError, load_resume_checkpoint, save_checkpoint
+from common.checkpoint import CheckpointError
 from common.config import Config, ConfigError
 from common.datasets.voc import VOCSegmentation
 from common.metrics import IGNORE_INDEX, SegmentationMeter
-from common.optim import optimizer_step
-from common.preemption import Preempted, stop_requested
+from common.optim import cosine_decay
 from common.rundir import MetricsLogger, RunDir
-from common.runtime import resolve_device, rng_state, set_rng_state
+from common.runtime import resolve_device
+from common.train_loop import Checkpointing, TrainLoop
 from distill.figures import save_grid
 from distill.losses.scd import SCDLoss
 from distill.segment.model import SegmentationModel
@@ -52,6 +53,22 @@ def _flip(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator):
     return images, torch.where(flip[:, None, None], masks.flip(-1), masks)
 
 
+class _Owner:
+    """Which model (``pseudo`` or ``gt``) a checkpoint belongs to; checked on resume."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def checkpoint_state(self) -> dict:
+        return {"tag": self.tag}
+
+    def restore(self, state: dict, path: Path) -> None:
+        if state.get("tag") != self.tag:
+            raise CheckpointError(
+                f"{path} belongs to the {state.get('tag')!r} model, not {self.tag!r}"
+            )
+
+
 def train_model(
     cfg: Config,
     model: SegmentationModel,
@@ -71,87 +88,57 @@ def train_model(
         params.append(
             {"params": model.backbone.parameters(), "lr": t.lr * cfg.model.backbone_lr_scale}
         )
-    opt = torch.optim.AdamW(params, weight_decay=t.weight_decay)
     max_steps = t.max_steps or t.epochs * max(1, len(dataset) // t.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s, max_steps) / max_steps))
-    )
     gen = torch.Generator().manual_seed(cfg.seed)
     scd = SCDLoss(cfg.scd.num_points) if cfg.scd.weight > 0 else None
-    step = 0
-    last = ckpt_dir / "last.pt"
-    found = load_resume_checkpoint(last)
-    if found is not None:
-        ckpt, path = found
-        if ckpt.get("tag") != tag:
-            raise CheckpointError(f"{path} belongs to the {ckpt.get('tag')!r} model, not {tag!r}")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        gen.set_state(ckpt["gen"])
-        set_rng_state(ckpt["rng"])
-        step = ckpt["step"]
-        log.info("%s: resumed from %s at step %d", tag, path, step)
 
-    def save() -> None:
-        state = {
-            "tag": tag,
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "gen": gen.get_state(),
-            "rng": rng_state(),
-            "step": step,
-        }
-        # One step copy beside last.pt: resume falls back to it if last.pt is damaged.
-        save_checkpoint(state, ckpt_dir, step, keep=1)
-
-    bar = tqdm(total=max_steps, initial=step, desc=f"train {tag}", leave=False)
-    model.train()
-    while step < max_steps:
-        order = torch.randperm(len(dataset), generator=gen).tolist()
-        loader = DataLoader(
-            torch.utils.data.Subset(dataset, order),
-            batch_size=t.batch_size,
-            num_workers=cfg.data.num_workers,
-            collate_fn=_collate,
-            drop_last=len(dataset) >= t.batch_size,
-        )
-        for images, masks in loader:
-            if step >= max_steps:
-                break
-            if stop_requested():
-                save()
-                raise Preempted(step)
-            images, masks = _flip(images, masks, gen)
-            images, masks = images.to(device), masks.to(device)
-            logits = model(images)
-            ce = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
-            loss, terms = ce, {"ce": ce.item()}
-            if scd is not None:
-                size = [max(8, round(s * cfg.scd.scale)) for s in images.shape[-2:]]
-                patch = model.backbone.patch_embed.patch_size
-                size = [s - s % p for s, p in zip(size, patch, strict=True)]
-                small = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-                small_masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0]
-                nc = logits.shape[1]
-                term = scd(
-                    _one_hot(masks, nc), _one_hot(small_masks.long(), nc), logits, model(small)
-                )
-                loss = loss + cfg.scd.weight * term
-                terms["scd"] = term.item()
-            optimizer_step(
-                loss, opt, f"{tag} at step {step}", "lower train.lr", save, scheduler=sched
+    def batches(start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:  # one shuffled pass per epoch, drawn from ``gen`` (saved with the run)
+            order = torch.randperm(len(dataset), generator=gen).tolist()
+            yield from DataLoader(
+                torch.utils.data.Subset(dataset, order),
+                batch_size=t.batch_size,
+                num_workers=cfg.data.num_workers,
+                collate_fn=_collate,
+                drop_last=len(dataset) >= t.batch_size,
             )
-            step += 1
-            bar.update(1)
-            if step % t.log_every == 0 or step == max_steps:
-                metrics.log(step, model=tag, loss=loss.item(), **terms)
-            if step % t.checkpoint_every == 0:
-                save()
-    bar.close()
-    save()
-    return {"steps": step}
+
+    def step_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        images, masks = _flip(*batch, gen)
+        images, masks = images.to(device), masks.to(device)
+        logits = model(images)
+        ce = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
+        loss, terms = ce, {"ce": ce.item()}
+        if scd is not None:
+            size = [max(8, round(s * cfg.scd.scale)) for s in images.shape[-2:]]
+            patch = model.backbone.patch_embed.patch_size
+            size = [s - s % p for s, p in zip(size, patch, strict=True)]
+            small = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            small_masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0]
+            nc = logits.shape[1]
+            term = scd(_one_hot(masks, nc), _one_hot(small_masks.long(), nc), logits, model(small))
+            loss = loss + cfg.scd.weight * term
+            terms["scd"] = term.item()
+        return loss, terms
+
+    loop = TrainLoop(
+        model=model,
+        optimizer=torch.optim.AdamW(params, weight_decay=t.weight_decay),
+        step_fn=step_fn,
+        batches=batches,
+        total_steps=max_steps,
+        name=f"decoder on {tag} masks",
+        fix="lower train.lr",
+        lr_scale=lambda step: cosine_decay(step, max_steps),
+        # One step copy beside last.pt: resume falls back to it if last.pt is damaged.
+        checkpoint=Checkpointing(ckpt_dir / "last.pt", t.checkpoint_every, keep=1),
+        generator=gen,
+        extra=_Owner(tag),
+        metrics=metrics,
+        log_every=t.log_every,
+        labels={"model": tag},
+    )
+    return {"steps": loop.run().steps}
 
 
 @torch.no_grad()
