@@ -33,12 +33,21 @@ from common.conv_stem import ConvStemEmbed, conv_stem_steps
 
 EXPORT_FORMAT = "labelfew-backbone-v1"
 
-# Sizes from the ViT / DeiT papers; "vit_tiny" is DeiT-Ti.
-ARCH_PRESETS: dict[str, dict[str, int]] = {
+# Sizes from the ViT / DeiT papers; "vit_tiny" is DeiT-Ti. "vit_giant" is DINOv2's ViT-g:
+# a SwiGLU MLP of 2 x 4096 hidden units (timm's packed form) and layer scale from 1e-5.
+ARCH_PRESETS: dict[str, dict[str, Any]] = {
     "vit_tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
     "vit_small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
     "vit_base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
     "vit_large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
+    "vit_giant": {
+        "embed_dim": 1536,
+        "depth": 40,
+        "num_heads": 24,
+        "mlp_ratio": 8192 / 1536,
+        "mlp_layer": "swiglu_packed",
+        "init_values": 1e-5,
+    },
 }
 
 STEMS = ("patch", "conv")  # ``model.stem`` values

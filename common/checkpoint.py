@@ -15,7 +15,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
 
+from common.distributed import barrier, is_main_process
 from common.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -196,3 +198,90 @@ def load_state_dict_strict(module: torch.nn.Module, state_dict: dict, what: str)
             "(its run directory's config.yaml / export/backbone.json)."
         )
     module.load_state_dict(state_dict, strict=True)
+
+
+# Sharded checkpoints (torch.distributed.checkpoint): a folder per checkpoint holding every
+# rank's shard files, DCP's ``.metadata`` and ``trainer.pt`` (the small non-tensor state).
+SHARDED_LAST = "last"
+SHARDED_META = "trainer.pt"
+
+
+def _is_sharded_checkpoint(path: Path) -> bool:
+    return (path / ".metadata").is_file() and (path / SHARDED_META).is_file()
+
+
+def sharded_step_copies(ckpt_dir: str | Path) -> list[Path]:
+    """The rolling ``step_*`` checkpoint folders in ``ckpt_dir``, newest first."""
+    return sorted((p for p in Path(ckpt_dir).glob("step_*") if p.is_dir()), reverse=True)
+
+
+def save_sharded_checkpoint(
+    tensors: dict, meta: dict, ckpt_dir: str | Path, step: int, keep: int = 2
+) -> Path:
+    """Every rank writes its shards of ``tensors``; rank 0 adds ``meta`` and publishes ``last``.
+
+    All ranks must call it. The shards go to a temporary folder first, which replaces
+    ``last`` by renames only once complete: at every moment ``last`` (or, for the instant
+    between the two renames, ``.last.old``) is a whole checkpoint. ``keep`` ``step_*``
+    copies are hard links of ``last``'s files (no second write).
+    """
+    ckpt_dir = Path(ckpt_dir)
+    tmp, last, old = (ckpt_dir / n for n in (".last.tmp", SHARDED_LAST, ".last.old"))
+    if is_main_process():
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # a save interrupted earlier
+    barrier()
+    dcp.save(tensors, checkpoint_id=tmp)  # returns once every rank's shards are written
+    if is_main_process():
+        atomic_torch_save(meta, tmp / SHARDED_META)
+        _fsync_dir(tmp)
+        shutil.rmtree(old, ignore_errors=True)
+        if last.exists():
+            os.replace(last, old)
+        os.replace(tmp, last)
+        _fsync_dir(ckpt_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        if keep > 0:
+            copy = ckpt_dir / f"step_{step:08d}"
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(last, copy, copy_function=os.link)
+            for stale in sharded_step_copies(ckpt_dir)[keep:]:
+                shutil.rmtree(stale)
+    barrier()
+    return last
+
+
+def find_sharded_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """The sharded checkpoint a run resumes from: ``last``, else the newest complete copy."""
+    ckpt_dir = Path(ckpt_dir)
+    last = ckpt_dir / SHARDED_LAST
+    for path in (last, ckpt_dir / ".last.old", *sharded_step_copies(ckpt_dir)):
+        if _is_sharded_checkpoint(path):
+            if path != last:
+                log.warning("%s is missing or incomplete; resuming from %s instead", last, path)
+            return path
+    return None
+
+
+def sharded_keys(path: str | Path) -> set[str]:
+    """The flattened keys (``model.student.…``) a sharded checkpoint holds."""
+    return set(dcp.FileSystemReader(path).read_metadata().state_dict_metadata)
+
+
+def load_sharded_checkpoint(tensors: dict, path: str | Path) -> dict:
+    """Fill ``tensors`` (shaped and sharded as this run wants them) from the sharded checkpoint
+    at ``path``, resharding as needed; returns its ``meta``. All ranks must call it.
+
+    Without a process group (one process) the whole tensors are read.
+    """
+    path = Path(path)
+    meta = load_torch_file(path / SHARDED_META)
+    try:
+        dcp.load(tensors, checkpoint_id=path)
+    except Exception as exc:  # DCP wraps the failing rank's error in its own types
+        reason = " ".join(str(exc).split())[:300]
+        raise CheckpointError(
+            f"sharded checkpoint {path} cannot be loaded into this model ({reason}). Build "
+            "the model with the config the checkpoint was trained with (its config.yaml)."
+        ) from None
+    return meta

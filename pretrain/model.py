@@ -25,6 +25,7 @@ from pretrain.losses.dino import DINOLoss
 from pretrain.losses.ibot import IBOTPatchLoss
 from pretrain.losses.koleo import KoLeoLoss
 from pretrain.losses.reconstruction import PixelReconstructionLoss, patchify
+from pretrain.sharding import local_shards
 
 log = logging.getLogger(__name__)
 
@@ -301,14 +302,16 @@ class MetaArch(nn.Module):
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """``theta_t <- m theta_t + (1 - m) theta_s`` for every parameter.
+        """``theta_t <- m theta_t + (1 - m) theta_s`` for every parameter (or local shard).
 
         The teacher's batch-norm statistics (conv stem) are its own, updated by its forward
         passes; they are averaged over processes here, in one all-reduce, so that every
         replica's teacher stays identical although each saw only its own batch.
         """
-        s_params = list(self.student.parameters())
-        t_params = list(self.teacher.parameters())
+        # Sharded (train.parallel=fsdp): both encoders are sharded alike, so the local
+        # shards pair up and the average needs no communication.
+        s_params = local_shards(self.student.parameters())
+        t_params = local_shards(self.teacher.parameters())
         torch._foreach_mul_(t_params, momentum)
         torch._foreach_add_(t_params, [p.detach() for p in s_params], alpha=1 - momentum)
         if not is_dist():

@@ -1,5 +1,5 @@
-"""The pretraining loop: AdamW with per-iteration schedules, mixed precision, DDP, NaN guard,
-metrics, periodic k-NN probe, checkpoints with exact resume, and the final export."""
+"""The pretraining loop: AdamW with per-iteration schedules, mixed precision, DDP or FSDP2,
+NaN guard, metrics, periodic k-NN probe, checkpoints with exact resume, and the final export."""
 
 from __future__ import annotations
 
@@ -14,12 +14,16 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from common import distributed as dist
-from common.backbone import export_backbone
+from common.backbone import build_backbone, export_backbone
 from common.checkpoint import (
     CheckpointError,
+    find_sharded_checkpoint,
     load_resume_checkpoint,
+    load_sharded_checkpoint,
     load_state_dict_strict,
     save_checkpoint,
+    save_sharded_checkpoint,
+    sharded_keys,
 )
 from common.config import ConfigError, to_dict
 from common.optim import NonFiniteLossError
@@ -37,6 +41,16 @@ from pretrain.device_augment import BatchedMultiCrop
 from pretrain.init import load_init
 from pretrain.model import MetaArch
 from pretrain.schedules import build_schedules
+from pretrain.sharding import (
+    check_parallel,
+    checkpoint_blocks,
+    drop_unsaved_optimizer_state,
+    full_state_dict,
+    full_tensor,
+    load_training_state,
+    shard_meta_arch,
+    training_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +107,7 @@ class Trainer:
             )
         if t.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {t.on_nonfinite!r}")
+        self.parallel = check_parallel(t)
         on_device = augment_on_device(cfg.data.augment_on, self.device)
         self.dataset = MultiCropDataset(
             load_unlabeled(cfg.data),
@@ -111,10 +126,16 @@ class Trainer:
             t, cfg.loss, self.steps_per_epoch, self.batch_size * self.world
         )
         self.model = MetaArch(cfg, self.init).to(self.device)
+        if t.activation_checkpointing:
+            checkpoint_blocks(self.model.student.backbone)
         if t.compile:
             self.model.compile_encoders()
         self.student: torch.nn.Module = self.model.student
-        if self.world > 1:
+        # One process has nothing to shard: fsdp then trains plainly, with sharded checkpoints.
+        self.sharded = self.parallel == "fsdp" and self.world > 1
+        if self.sharded:
+            shard_meta_arch(self.model, self.device, t.precision)
+        elif self.world > 1:
             # Without the cls loss (pixel-only runs) the cls head gets no gradient.
             self.student = DistributedDataParallel(
                 self.model.student, find_unused_parameters=not self.model.use_dino
@@ -145,6 +166,7 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------
 
     def state(self) -> dict:
+        """Everything but model and optimizer: small, written whole by rank 0."""
         rng = [rng_state()]
         if dist.is_dist():
             rng = [None] * self.world
@@ -153,29 +175,57 @@ class Trainer:
             "step": self.step,
             "skipped": self.skipped,
             "train_seconds": self.train_seconds + time.perf_counter() - self._start,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rng,
             "world_size": self.world,
+            "parallel": self.parallel,
             "config": to_dict(self.cfg),
             "backbone_kwargs": self.model.student.kwargs,
         }
 
     def save(self) -> None:
         state = self.state()  # every rank joins the RNG gather
+        keep = int(self.cfg.train.keep_checkpoints)
+        if self.parallel == "fsdp":
+            tensors = training_state(self.model, self.optimizer)
+            save_sharded_checkpoint(tensors, state, self.run.checkpoints, self.step, keep)
+            return
         if self.rank == 0:
-            save_checkpoint(
-                state, self.run.checkpoints, self.step, int(self.cfg.train.keep_checkpoints)
-            )
+            state.update(model=self.model.state_dict(), optimizer=self.optimizer.state_dict())
+            save_checkpoint(state, self.run.checkpoints, self.step, keep)
         dist.barrier()
 
-    def resume(self) -> bool:
+    def _other_layout(self) -> str | None:
+        """The checkpoint this run cannot resume from: one of the other train.parallel mode."""
+        ckpt = self.run.root / "checkpoints"
+        if self.parallel == "fsdp" and self.run.last_checkpoint.is_file():
+            return f"{self.run.last_checkpoint} (train.parallel=ddp)"
+        if self.parallel == "ddp" and find_sharded_checkpoint(ckpt) is not None:
+            return f"{ckpt / 'last'} (train.parallel=fsdp)"
+        return None
+
+    def _load(self) -> tuple[dict, str] | None:
+        """The saved state with model and optimizer restored, and where it came from."""
+        other = self._other_layout()
+        if other is not None:
+            raise CheckpointError(
+                f"this run resumes with train.parallel={self.parallel} but its checkpoint is "
+                f"{other}; resume with the train.parallel it was written with"
+            )
+        if self.parallel == "fsdp":
+            path = find_sharded_checkpoint(self.run.root / "checkpoints")
+            if path is None:
+                return None
+            tensors = training_state(self.model, self.optimizer)
+            drop_unsaved_optimizer_state(tensors, sharded_keys(path))
+            state = load_sharded_checkpoint(tensors, path)
+            load_training_state(self.model, self.optimizer, tensors)
+            return state, str(path)
         # To CPU: load_state_dict copies onto each parameter's device, while AdamW's step
         # counters must stay on the CPU (on the GPU each step would sync on them).
         found = load_resume_checkpoint(self.run.last_checkpoint)
         if found is None:
-            return False
+            return None
         state, path = found
         load_state_dict_strict(self.model, state["model"], f"checkpoint {path}")
         try:
@@ -184,6 +234,13 @@ class Trainer:
             raise CheckpointError(
                 f"optimizer state in {path} does not fit this model: {exc}"
             ) from None
+        return state, str(path)
+
+    def resume(self) -> bool:
+        found = self._load()
+        if found is None:
+            return False
+        state, path = found
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.skipped = int(state["step"]), int(state["skipped"])
         self.train_seconds = float(state["train_seconds"])
@@ -234,6 +291,7 @@ class Trainer:
             params = [p for p in self.model.student.parameters() if p.grad is not None]
             clip = float(self.cfg.train.clip_grad)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+            grad_norm = full_tensor(grad_norm)  # fsdp: the norm over all shards
             # With fp16 an inf gradient is routine: the grad scaler skips that step itself.
             finite = self.scaler.is_enabled() or self._all_finite(grad_norm)
         if not finite:
@@ -324,8 +382,10 @@ class Trainer:
                     imgs = (self.step - last_step) * self.batch_size * self.world
                     self._log(stats, epoch, imgs / max(now - last_time, 1e-9))
                     last_time, last_step = now, self.step
-                if self.probe is not None and self.step % int(cfg.eval.every) == 0:
-                    self.metrics.log(self.step, **self.probe(self.model.teacher.backbone))
+                if cfg.eval.every and self.step % int(cfg.eval.every) == 0:
+                    backbone = self.teacher_backbone()  # every rank joins an fsdp gather
+                    if self.probe is not None:
+                        self.metrics.log(self.step, **self.probe(backbone))
                 if self.step % int(t.checkpoint_every) == 0 or self.step == self.total_steps:
                     self.save()
                 if stop_requested():
@@ -358,6 +418,23 @@ class Trainer:
                 images_per_s,
             )
 
+    def teacher_backbone(self) -> torch.nn.Module | None:
+        """The teacher backbone as a plain module on rank 0 (None on the others under fsdp).
+
+        Under fsdp every rank must call it: the shards are gathered to rank 0's CPU.
+        """
+        if not self.sharded:
+            return self.model.teacher.backbone
+        state = full_state_dict(self.model.teacher)
+        if self.rank != 0:
+            return None
+        prefix = "backbone."
+        with torch.device("meta"):
+            backbone = build_backbone(self.model.teacher.kwargs)
+        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        backbone.load_state_dict(weights, strict=True, assign=True)
+        return backbone.to(self.device).eval()
+
     def finish(self) -> dict:
         """Export the teacher backbone and return the run summary."""
         summary: dict = {
@@ -369,9 +446,10 @@ class Trainer:
             "train_seconds": self.train_seconds + time.perf_counter() - self._start,
             "export": str(self.run.export),
         }
+        backbone = self.teacher_backbone()
         if self.rank == 0:
             export_backbone(
-                self.model.teacher.backbone,
+                backbone,
                 self.model.student.kwargs,
                 self.run.export,
                 meta={
@@ -383,18 +461,20 @@ class Trainer:
             )
             log.info("exported the teacher backbone to %s", self.run.export)
             if self.probe is not None:
-                summary.update(self.probe(self.model.teacher.backbone))
+                summary.update(self.probe(backbone))
                 self.metrics.log(self.step, **{k: summary[k] for k in ("knn_top1",)})
             (self.run.root / "summary.json").write_text(json.dumps(summary, indent=2))
             self.metrics.close()
-        # Every rank logs it: equal values show the replicas stayed in sync (DDP). A single
-        # process has nothing to compare it with.
-        log.log(
-            logging.INFO if self.world > 1 else logging.DEBUG,
-            "rank %d teacher checksum %.10e (the same on every rank when replicas stayed in sync)",
-            self.rank,
-            weights_checksum(self.model.teacher),
-        )
+        if not self.sharded:
+            # Every rank logs it: equal values show the replicas stayed in sync (DDP). A
+            # single process has nothing to compare it with, and fsdp holds no replicas.
+            log.log(
+                logging.INFO if self.world > 1 else logging.DEBUG,
+                "rank %d teacher checksum %.10e (the same on every rank when replicas stayed "
+                "in sync)",
+                self.rank,
+                weights_checksum(self.model.teacher),
+            )
         dist.barrier()
         return summary
 
