@@ -3,12 +3,14 @@ the feature cache is keyed by backbone and rebuilt for another one."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
 import pytest
 import torch
 
+from common.config import load_config
 from common.datasets.folds import fold_classes, train_classes
 from common.preemption import Preempted, clear_stop, request_stop
 from common.rundir import MetricsLogger
@@ -154,3 +156,10 @@ def test_pool_features_follow_the_backbone(
     assert a.tokens.shape == (10, 1, 17, 48) and a.masks.shape == (10, 32, 32)
     head_norms = a.tokens.float().reshape(10, 1, 17, 3, 16).norm(dim=-1)
     np.testing.assert_allclose(head_norms.numpy(), 1.0, atol=2e-3)
+
+
+def test_train_settings_take_every_value_from_the_yaml():
+    fields = dataclasses.fields(TrainSettings)
+    assert all(f.default is dataclasses.MISSING for f in fields)
+    train = load_config("fewshot").train
+    assert {f.name for f in fields} - set(train) == {"seed"}  # the top-level seed
