@@ -7,9 +7,10 @@ copy), the learning-rate schedule indexed by step, the non-finite-loss guard, pe
 pre-emption checkpoints at step boundaries, a progress bar and the metrics records.
 
 A checkpoint holds model, optimizer, step, training seconds, the global RNG state, the
-stage's data generator and whatever the stage's ``extra`` adds. When the batches depend only
-on the step or on those RNG states, a resumed run's weights are bit-identical to an
-uninterrupted run's.
+stage's data generator, its ``identity`` (what the inputs were; a checkpoint of other inputs
+is refused) and whatever the stage's ``extra`` adds. When the batches depend only on the
+step or on those RNG states, a resumed run's weights are bit-identical to an uninterrupted
+run's.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from common.runtime import rng_state, set_rng_state
 log = logging.getLogger(__name__)
 
 # What every checkpoint of this loop holds; a file without them was written by something else.
-LOOP_KEYS = ("model", "optimizer", "step", "seconds", "rng")
+LOOP_KEYS = ("model", "optimizer", "step", "seconds", "rng", "identity")
 
 
 class Resumable(Protocol):
@@ -51,8 +52,7 @@ class Resumable(Protocol):
         ...
 
     def restore(self, state: dict, path: Path) -> None:
-        """Take the entries back on resume, before any weights are loaded; a checkpoint
-        of another run raises :class:`common.checkpoint.CheckpointError`."""
+        """Take the entries back on resume."""
         ...
 
 
@@ -103,6 +103,7 @@ class TrainLoop:
     lr_scale: Callable[[int], float] | None = None
     checkpoint: Checkpointing | None = None
     generator: torch.Generator | None = None
+    identity: dict[str, Any] = field(default_factory=dict)
     extra: Resumable | None = None
     after_step: Callable[[int, dict], None] | None = None
     finished: Callable[[], bool] | None = None
@@ -177,6 +178,7 @@ class TrainLoop:
             "step": self.step,
             "seconds": self.seconds,
             "rng": rng_state(),
+            "identity": self.identity,
         }
         if self.generator is not None:
             state["gen"] = self.generator.get_state()
@@ -198,6 +200,17 @@ class TrainLoop:
             raise CheckpointError(
                 f"{path} lacks {missing}: it is not a checkpoint of this training loop; "
                 "delete it or use another --output-dir"
+            )
+        saved = state["identity"]
+        changed = sorted(
+            k for k in {*saved, *self.identity} if saved.get(k) != self.identity.get(k)
+        )
+        if changed:
+            was = ", ".join(f"{k}={saved.get(k)!r}" for k in changed)
+            now = ", ".join(f"{k}={self.identity.get(k)!r}" for k in changed)
+            raise CheckpointError(
+                f"{self.name} checkpoint {path} was written with {was}; this run has {now}. "
+                "Delete it or use another --output-dir."
             )
         if self.extra is not None:
             self.extra.restore(state, path)

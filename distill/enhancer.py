@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.checkpoint import CheckpointError
 from common.metrics import IGNORE_INDEX
 from common.train_loop import Checkpointing, TrainLoop
 
@@ -112,14 +111,10 @@ class EnhancerTrainConfig:
 
 
 class _EarlyStopping:
-    """The best validation fg-IoU, its weights and the checks without gain; resumable.
+    """The best validation fg-IoU, its weights and the checks without gain; resumable."""
 
-    ``identity`` (input channels, image count, the context that shaped the inputs) is saved
-    too: a checkpoint written for other inputs is refused on resume.
-    """
-
-    def __init__(self, model: Enhancer, initial_iou: float, identity: dict) -> None:
-        self.model, self.identity = model, identity
+    def __init__(self, model: Enhancer, initial_iou: float) -> None:
+        self.model = model
         self.initial_iou = self.best_iou = initial_iou
         self.best_model = copy.deepcopy(model.state_dict())
         self.bad_evals = 0
@@ -132,32 +127,10 @@ class _EarlyStopping:
             self.bad_evals += 1
 
     def checkpoint_state(self) -> dict:
-        return {
-            **self.identity,
-            "initial_iou": self.initial_iou,
-            "best_iou": self.best_iou,
-            "best_model": self.best_model,
-            "bad_evals": self.bad_evals,
-        }
+        keys = ("initial_iou", "best_iou", "best_model", "bad_evals")
+        return {k: getattr(self, k) for k in keys}
 
     def restore(self, state: dict, path: Path) -> None:
-        want = self.identity
-        if (state.get("in_channels"), state.get("num_images")) != (
-            want["in_channels"],
-            want["num_images"],
-        ):
-            raise CheckpointError(
-                f"enhancer checkpoint {path} was trained with {state.get('in_channels')} "
-                f"input channels on {state.get('num_images')} images, not "
-                f"{want['in_channels']} on {want['num_images']}; delete it or use another "
-                "--output-dir"
-            )
-        if state.get("context", {}) != want["context"]:
-            raise CheckpointError(
-                f"enhancer checkpoint {path} was trained with {state.get('context', {})}, "
-                f"this run has {want['context']} (the backbone, its head polarity or "
-                "mask.token_probe changed); delete it or use another --output-dir"
-            )
         self.initial_iou, self.best_iou = state["initial_iou"], state["best_iou"]
         self.best_model, self.bad_evals = state["best_model"], state["bad_evals"]
 
@@ -196,11 +169,7 @@ def train_enhancer(
     if n_val == 0:  # one GT image: train on it and validate on it
         val_idx = train_idx
     model = Enhancer(inputs.shape[1], cfg.channels, cfg.depth)
-    early = _EarlyStopping(
-        model,
-        _fg_iou(model, inputs[val_idx], targets[val_idx]),
-        {"in_channels": inputs.shape[1], "num_images": n, "context": context},
-    )
+    early = _EarlyStopping(model, _fg_iou(model, inputs[val_idx], targets[val_idx]))
 
     def batches(start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:  # batches come from ``gen``, whose state the checkpoint holds
@@ -229,6 +198,9 @@ def train_enhancer(
         fix="lower enhancer.lr",
         checkpoint=Checkpointing(Path(ckpt_path), cfg.eval_every, keep=0) if ckpt_path else None,
         generator=gen,
+        # Another image count, channel count or context (the backbone, its head signs or
+        # the token probe) would make the inputs mean something else: such a checkpoint is refused.
+        identity={"in_channels": inputs.shape[1], "num_images": n, "context": context},
         extra=early,
         after_step=after_step,
         finished=lambda: early.bad_evals >= cfg.patience,

@@ -119,18 +119,11 @@ def train_head(
         labels={"head": tag},
     )
     result = loop.run()
-    if validate is None:
-        return {
-            "best_val_miou": None,
-            "best_step": result.steps,
-            "steps": result.steps,
-            "seconds": result.seconds,
-        }
-    if best_path.is_file():
+    if validate is not None and best_path.is_file():
         load_state_dict_strict(model, load_torch_file(best_path), str(best_path))
     return {
-        "best_val_miou": best.score,
-        "best_step": best.step,
+        "best_val_miou": None if validate is None else best.score,
+        "best_step": result.steps if validate is None else best.step,
         "steps": result.steps,
         "seconds": result.seconds,
     }

@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common.backbone import check_input_size, load_backbone, source_of
-from common.checkpoint import CheckpointError
 from common.config import Config, ConfigError
 from common.datasets.voc import VOCSegmentation
 from common.metrics import IGNORE_INDEX, SegmentationMeter
@@ -51,22 +50,6 @@ def _flip(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator):
     flip = torch.rand(images.shape[0], generator=gen) < 0.5
     images = torch.where(flip[:, None, None, None], images.flip(-1), images)
     return images, torch.where(flip[:, None, None], masks.flip(-1), masks)
-
-
-class _Owner:
-    """Which model (``pseudo`` or ``gt``) a checkpoint belongs to; checked on resume."""
-
-    def __init__(self, tag: str) -> None:
-        self.tag = tag
-
-    def checkpoint_state(self) -> dict:
-        return {"tag": self.tag}
-
-    def restore(self, state: dict, path: Path) -> None:
-        if state.get("tag") != self.tag:
-            raise CheckpointError(
-                f"{path} belongs to the {state.get('tag')!r} model, not {self.tag!r}"
-            )
 
 
 def train_model(
@@ -133,7 +116,7 @@ def train_model(
         # One step copy beside last.pt: resume falls back to it if last.pt is damaged.
         checkpoint=Checkpointing(ckpt_dir / "last.pt", t.checkpoint_every, keep=1),
         generator=gen,
-        extra=_Owner(tag),
+        identity={"tag": tag},
         metrics=metrics,
         log_every=t.log_every,
         labels={"model": tag},
