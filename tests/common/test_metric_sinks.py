@@ -4,7 +4,9 @@ metrics.jsonl, resumes continue, missing packages are one clear error."""
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +15,8 @@ import pytest
 from common.config import ConfigError
 from common.metric_sinks import scalars
 from common.rundir import MetricsLogger, read_metrics
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _events(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -128,25 +132,50 @@ def _wandb_history(run_file: Path) -> list[dict]:
     return rows
 
 
+# One job of a run: its own process, as a pre-empted job's requeue is (W&B's service writes
+# an offline run's last records when the process that owns it exits).
+WANDB_JOB = """
+import sys
+from pathlib import Path
+from common.rundir import MetricsLogger
+first, last = int(sys.argv[2]), int(sys.argv[3])
+logger = MetricsLogger(Path(sys.argv[1]), wandb="labelfew-test", wandb_mode="offline")
+for step in range(first, last + 1):
+    logger.log(step, loss=1.0 / step, lr=1e-3 * step, knn={"top1": step / 10})
+logger.close()
+"""
+
+
 def test_wandb_offline_run_holds_the_jsonl_records_and_resumes_the_same_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     pytest.importorskip("wandb")
-    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / "home" / var))
-    monkeypatch.delenv("WANDB_MODE", raising=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(
+        {
+            v: str(tmp_path / "home" / v)
+            for v in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")
+        }
+    )
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("seed: 3\n")
-    for steps in (range(1, 4), range(4, 6)):  # a run, then its resume
-        logger = MetricsLogger(run / "metrics.jsonl", wandb="labelfew-test", wandb_mode="offline")
-        _log_steps(logger, steps, 0.0)
-        logger.close()
+    for first, last in ((1, 3), (4, 5)):  # a job, then its resume
+        proc = subprocess.run(
+            [sys.executable, "-c", WANDB_JOB, str(run / "metrics.jsonl"), str(first), str(last)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
     runs = sorted((run / "wandb").glob("offline-run-*"))
     assert len(runs) == 2
     run_id = (run / "wandb" / "labelfew_run_id").read_text()
     assert all(r.name.endswith(f"-{run_id}") for r in runs)
     rows = [row for r in runs for row in _wandb_history(r / f"run-{run_id}.wandb")]
     expected = _expected(read_metrics(run / "metrics.jsonl"))
+    assert set(expected) == {"loss", "lr", "knn/top1"}
     for tag, points in expected.items():
         assert [(row["_step"], row[tag]) for row in rows] == points
