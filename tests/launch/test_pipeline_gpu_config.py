@@ -105,6 +105,8 @@ def test_full_size_plan_is_the_gpu_chain(tmp_path: Path) -> None:
     assert [planned[n].cfg.fold for n in FEWSHOT] == [0, 1]
     assert all(planned[n].cfg.supervision == "weak" for n in FEWSHOT)
     assert planned["segment"].cfg.pseudo_masks.endswith("distill/pseudo_masks/weak")
+    assert not planned["segment"].cfg.model.freeze_backbone
+    assert planned["segment"].cfg.model.backbone_lr_scale == 0.1
     assert data["bars"] == [
         "weak_beats_saliency",
         "weak_beats_random",
