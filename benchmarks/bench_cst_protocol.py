@@ -5,6 +5,8 @@ CST's weak setting against our weak and full supervision.
         --data SCENES --out runs/bench_cst --seeds 0 1 -- data.max_train_images=2000
     PYTHONPATH=. .venv/bin/python benchmarks/bench_cst_protocol.py --study supervision \
         --backbone EXPORT --data SCENES --pseudo-masks DISTILL_RUN --out runs/bench_cst_sup
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_cst_protocol.py --study pseudo_masks \
+        --backbone EXPORT --data SCENES --pseudo-masks DISTILL_RUN --out runs/bench_cst_sup
 
 `--study protocol` (default), three runs per seed with the same backbone, data and schedule
 (the `fashion_tiny` preset, full supervision, fold 0, 2-way 1-shot): ours; CST's support
@@ -12,7 +14,10 @@ tokens and head tested on our episodes (separates the model from the episode sam
 CST's protocol whole. `--study supervision`, `protocol: cst` throughout: `full`, our `weak`
 (stage-2 pseudo-masks for training, ground-truth support masks at test) and `cst_weak`
 (no support mask anywhere, query pseudo-masks made on the fly). Prints a markdown table of
-the heads' and the prototype baseline's scores.
+the heads' and the prototype baseline's scores. `--study pseudo_masks` scores the training
+targets themselves against ground truth: CST's on-the-fly query pseudo-masks on random
+(query, support of a class the query shows) pairs of the first `--images` training images,
+and the stage-2 pseudo-masks of the same queries.
 """
 
 from __future__ import annotations
@@ -22,8 +27,18 @@ import logging
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
+import torch
+
 from common.cli import stage_main
+from common.datasets.palette import read_mask
+from common.datasets.voc import labels_of_mask
 from fewshot import stage
+from fewshot.data import build_last_block_keys, open_split, read_gt_masks, split_ids
+from fewshot.features import FrozenBackbone
+
+PAIRS = 400  # (query, support) pairs scored by --study pseudo_masks
+SIZE = 64  # FashionScenes' own size, the fashion_tiny preset's data.image_size
 
 
 def _ours_episodes(cfg, labels, classes, way):
@@ -57,6 +72,48 @@ def _variants(args) -> dict[str, tuple[list[str], bool]]:
     }
 
 
+def _iou(pred: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor) -> float:
+    union = ((pred | truth) & valid).sum().item()
+    return ((pred & truth) & valid).sum().item() / max(union, 1)
+
+
+def pseudo_mask_quality(args) -> None:
+    """Foreground share and IoU with the query's ground truth of each training target."""
+    ds = open_split(args.data, "train", SIZE, args.images)
+    bb = FrozenBackbone(args.backbone, torch.device("cpu"))
+    keys = build_last_block_keys(ds, bb, args.out / "cache", 64)
+    gt = read_gt_masks(ds, SIZE)
+    labels = [labels_of_mask(m) for m in gt.numpy()]
+    by_class: dict[int, list[int]] = {}
+    for i, classes in enumerate(labels):
+        for c in classes:
+            by_class.setdefault(c, []).append(i)
+    weak_dir = stage.resolve_pseudo_masks(args.pseudo_masks, "weak")
+    ids = split_ids(ds)
+    rng = np.random.default_rng(0)
+    rows: dict[str, list[tuple[float, float]]] = {"cst_weak": [], "weak (ours)": []}
+    truth_share = []
+    while len(truth_share) < PAIRS:
+        q = int(rng.integers(len(labels)))
+        if not labels[q] or all(len(by_class[c]) < 2 for c in labels[q]):
+            continue
+        c = int(rng.choice([c for c in labels[q] if len(by_class[c]) > 1]))
+        s = int(rng.choice([i for i in by_class[c] if i != q]))
+        truth, valid = gt[q].long() == c, gt[q] != 255
+        present = torch.tensor([True])
+        cst = keys.query_masks(torch.tensor([q]), torch.tensor([s]), present, SIZE)[0]
+        weak = torch.from_numpy(read_mask(weak_dir / f"{ids[q]}.png")).long() == c
+        for name, pred in (("cst_weak", cst), ("weak (ours)", weak)):
+            rows[name].append((pred.float().mean().item(), _iou(pred, truth, valid)))
+        truth_share.append(truth.float().mean().item())
+    print(f"{PAIRS} pairs; the class covers {100 * np.mean(truth_share):.1f} % of a query")
+    print("| training target | foreground % | IoU with ground truth % |")
+    print("| --- | ---: | ---: |")
+    for name, vals in rows.items():
+        share, iou = np.mean(vals, axis=0)
+        print(f"| {name} | {100 * share:.1f} | {100 * iou:.1f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the variants per seed and print one markdown row per run, way and model."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -64,11 +121,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--study", choices=["protocol", "supervision"], default="protocol")
+    parser.add_argument(
+        "--study", choices=["protocol", "supervision", "pseudo_masks"], default="protocol"
+    )
     parser.add_argument("--pseudo-masks", help="distill run dir (the `weak` variant)")
+    parser.add_argument("--images", type=int, default=1000, help="training images (pseudo_masks)")
     parser.add_argument("overrides", nargs="*", help="fewshot config overrides key=value")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.study == "pseudo_masks":
+        if args.pseudo_masks is None:
+            raise SystemExit("--study pseudo_masks needs --pseudo-masks (a distill run)")
+        pseudo_mask_quality(args)
+        return 0
     print("| variant | seed | way | model | ER | mIoU | FB-IoU |")
     print("| --- | ---: | --- | --- | ---: | ---: | ---: |")
     for seed in args.seeds:
