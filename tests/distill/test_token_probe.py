@@ -75,15 +75,18 @@ def test_images_without_objects_add_background_seeds_only() -> None:
         ProbeSeeds().fit()
 
 
-def _labelled_scenes(n: int = 60, grid: int = 8, dim: int = 16):
-    """Single-label scenes: foreground tokens carry their class, heads 1 and 2 are inverted."""
+def _labelled_scenes(n: int = 60, grid: int = 8, dim: int = 16, interior: bool = False):
+    """Single-label scenes: foreground tokens carry their class, heads 1 and 2 are inverted.
+
+    ``interior`` keeps every object off the one-patch frame of the image.
+    """
     g = torch.Generator().manual_seed(1)
     classes = F.normalize(torch.randn(4, dim, generator=g), dim=-1)
     background = F.normalize(torch.randn(dim, generator=g), dim=0)
     labels = [[1 + i % 3] for i in range(n)]
     fg = torch.zeros(n, grid, grid)
     for i in range(n):
-        r, c = torch.randint(0, grid - 4, (2,), generator=g).tolist()
+        r, c = torch.randint(int(interior), grid - 4, (2,), generator=g).tolist()
         fg[i, r : r + 4, c : c + 4] = 1
     cls = torch.stack([classes[lab[0]] for lab in labels])[:, None, None]
     tokens = 2 * (fg[..., None] * cls + (1 - fg[..., None]) * background)
@@ -114,3 +117,23 @@ def test_the_sign_search_beats_unsigned_heads() -> None:
     assert found.separation > probe_separation(unsigned, images, 4)
     with pytest.raises(FrozenInstanceError):
         found.probe.bias = 0.0  # a fitted probe is a value: nothing changes it afterwards
+
+
+def test_the_sign_search_beats_per_head_signs_when_a_frame_outshines_the_object() -> None:
+    """The search earns its place against the per-head signs it starts from."""
+    heads, tokens, labels, fg = _labelled_scenes(interior=True)
+    border = torch.ones(8, 8)
+    border[1:-1, 1:-1] = 0
+    g = torch.Generator().manual_seed(2)
+    noise = 0.1 * torch.rand(3, *fg.shape, generator=g)
+    # Head 0 lights the object. Heads 1 and 2 light it too, but the frame (as a conv stem's
+    # padding can) brighter still: their bright half is the frame, the object sits in the
+    # dark half, so each head alone is judged inverted.
+    heads = torch.stack([fg, 0.6 * fg + border, 0.6 * fg + border], dim=1) + noise.transpose(0, 1)
+    images = [(heads[i : i + 20], tokens[i : i + 20], labels[i : i + 20]) for i in (0, 20, 40)]
+    found = search_signs(images, num_classes=4)
+    assert found.start.tolist() == [1.0, -1.0, -1.0]
+    per_head = fit_probe(images, found.start)
+    assert roc_auc_score(fg.flatten(), per_head(tokens).flatten()) < 0.93
+    assert (found.signs[1:] == 1).any()
+    assert roc_auc_score(fg.flatten(), found.probe(tokens).flatten()) > 0.99
