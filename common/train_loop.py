@@ -87,7 +87,9 @@ class TrainLoop:
 
     ``name`` labels the progress bar, the log and errors; ``fix`` says what to change when
     the loss turns NaN/inf. ``lr_scale(step)`` multiplies each parameter group's initial
-    learning rate at that step (None: constant). ``after_step(step, record)`` runs after
+    learning rate at that step (None: constant). ``generator`` (the stage's data RNG) and
+    ``identity`` (what the inputs were) are saved with the checkpoint; a checkpoint of another
+    identity is refused on resume. ``after_step(step, record)`` runs after
     every step with its metrics record (e.g. to validate and add the score); ``finished()``
     ends the run early (e.g. patience spent). Records are written to ``metrics`` every
     ``log_every`` steps and at the last step, with ``labels`` added.
