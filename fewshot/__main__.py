@@ -9,7 +9,8 @@ it, next to a random-backbone head and a prototype baseline, on the held-out fol
 
 The run is set by backbone (required), fold (the held-out classes), way and shot (the test
 episodes) and supervision (full = ground-truth masks; weak / mixed = a distill run's
-pseudo-masks, given as pseudo_masks=<distill run dir>).
+pseudo-masks, given as pseudo_masks=<distill run dir>; cst_weak = CST's weak setting: no
+support masks, query pseudo-masks made on the fly from the backbone's last block).
 
 Example:
   python -m fewshot --config fashion_tiny backbone=runs/pt pseudo_masks=runs/distill \\
