@@ -385,7 +385,7 @@ class Trainer:
                 if cfg.eval.every and self.step % int(cfg.eval.every) == 0:
                     backbone = self.teacher_backbone()  # every rank joins an fsdp gather
                     if self.probe is not None:
-                        self.metrics.log(self.step, **self.probe(backbone))
+                        self.metrics.log(self.step, **self.probe(backbone.to(self.device)))
                 if self.step % int(t.checkpoint_every) == 0 or self.step == self.total_steps:
                     self.save()
                 if stop_requested():
@@ -421,7 +421,8 @@ class Trainer:
     def teacher_backbone(self) -> torch.nn.Module | None:
         """The teacher backbone as a plain module on rank 0 (None on the others under fsdp).
 
-        Under fsdp every rank must call it: the shards are gathered to rank 0's CPU.
+        Under fsdp every rank must call it: the shards are gathered into a copy on rank 0's
+        CPU, which leaves the device's memory to training.
         """
         if not self.sharded:
             return self.model.teacher.backbone
@@ -433,7 +434,7 @@ class Trainer:
             backbone = build_backbone(self.model.teacher.kwargs)
         weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         backbone.load_state_dict(weights, strict=True, assign=True)
-        return backbone.to(self.device).eval()
+        return backbone.eval()
 
     def finish(self) -> dict:
         """Export the teacher backbone and return the run summary."""
@@ -461,7 +462,7 @@ class Trainer:
             )
             log.info("exported the teacher backbone to %s", self.run.export)
             if self.probe is not None:
-                summary.update(self.probe(backbone))
+                summary.update(self.probe(backbone.to(self.device)))
                 self.metrics.log(self.step, **{k: summary[k] for k in ("knn_top1",)})
             (self.run.root / "summary.json").write_text(json.dumps(summary, indent=2))
             self.metrics.close()

@@ -29,7 +29,8 @@ from pretrain.stage import run
 from pretrain.train import Trainer
 from tests.pretrain.conftest import TINY
 
-# TINY with a small iBOT head (fast checkpoints), 4 steps, checkpoints at steps 2 and 4.
+# TINY with a small iBOT head (fast checkpoints), 4 steps, checkpoints at steps 2 and 4, and
+# the k-NN probe of the teacher (gathered on rank 0 under fsdp) at step 4.
 SMALL = [
     "heads.patch.out_dim=64",
     "heads.patch.hidden_dim=64",
@@ -37,6 +38,7 @@ SMALL = [
     "train.max_steps=4",
     "train.checkpoint_every=2",
     "train.log_every=1",
+    "eval.every=4",
 ]
 FSDP = ["train.parallel=fsdp", "train.activation_checkpointing=true"]
 
@@ -118,6 +120,10 @@ def test_fsdp_trains_like_ddp_and_writes_sharded_checkpoints(runs, tmp_path):
     a, b = _losses(ddp), _losses(fsdp)
     assert list(a) == [1, 2, 3, 4]
     assert list(b.values()) == pytest.approx(list(a.values()), rel=1e-5)
+    knn = [
+        [r["knn_top1"] for r in read_metrics(d / "metrics.jsonl") if "knn_top1" in r] for d in runs
+    ]
+    assert len(knn[0]) >= 1 and knn[1] == pytest.approx(knn[0])
 
     ckpt = fsdp / "checkpoints"
     assert sorted(p.name for p in ckpt.iterdir()) == ["last", "step_00000002", "step_00000004"]
@@ -221,7 +227,9 @@ def _batch(cfg, generator: torch.Generator) -> dict[str, torch.Tensor]:
 def test_activation_checkpointing_same_loss_and_grads_with_fewer_saved_activations(
     tiny_config,
 ):
-    cfg = tiny_config("maskcluster", "model.depth=4", "crops.global_size=32", "crops.local_size=16")
+    cfg = tiny_config(
+        "maskcluster", *SMALL[:3], "model.depth=4", "crops.global_size=32", "crops.local_size=16"
+    )
     torch.manual_seed(0)
     plain = MetaArch(cfg)
     checkpointed = copy.deepcopy(plain)
