@@ -215,6 +215,14 @@ def sharded_step_copies(ckpt_dir: str | Path) -> list[Path]:
     return sorted((p for p in Path(ckpt_dir).glob("step_*") if p.is_dir()), reverse=True)
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link (files of a checkpoint are never rewritten), or a copy where links fail."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def save_sharded_checkpoint(
     tensors: dict, meta: dict, ckpt_dir: str | Path, step: int, keep: int = 2
 ) -> Path:
@@ -223,7 +231,7 @@ def save_sharded_checkpoint(
     All ranks must call it. The shards go to a temporary folder first, which replaces
     ``last`` by renames only once complete: at every moment ``last`` (or, for the instant
     between the two renames, ``.last.old``) is a whole checkpoint. ``keep`` ``step_*``
-    copies are hard links of ``last``'s files (no second write).
+    copies are hard links of ``last``'s files (no second write) where the disk allows.
     """
     ckpt_dir = Path(ckpt_dir)
     tmp, last, old = (ckpt_dir / n for n in (".last.tmp", SHARDED_LAST, ".last.old"))
@@ -244,7 +252,7 @@ def save_sharded_checkpoint(
         if keep > 0:
             copy = ckpt_dir / f"step_{step:08d}"
             shutil.rmtree(copy, ignore_errors=True)
-            shutil.copytree(last, copy, copy_function=os.link)
+            shutil.copytree(last, copy, copy_function=_link_or_copy)
             for stale in sharded_step_copies(ckpt_dir)[keep:]:
                 shutil.rmtree(stale)
     barrier()
