@@ -1,5 +1,5 @@
 """The GPU-scale chain (configs/pipeline/fashion_gpu.yaml): its plan at full size, a run on the
-CPU with tiny settings whose report shows the chain's bars, and the GPU session script."""
+CPU with tiny settings whose report shows the chain's bars, and the GPU checks script."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from launch.pipeline import load_pipeline_file, plan
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE = REPO / "configs" / "pipeline" / "fashion_gpu.yaml"
-SCRIPT = REPO / "benchmarks" / "gpu_session.sh"
+SCRIPT = REPO / "benchmarks" / "gpu_checks.sh"
 FEWSHOT = ("fscs0", "fscs1")
 
 # Per stage: what shrinks the chain to seconds on 2 CPU cores (the GPU sizes are the files').
@@ -173,7 +173,7 @@ def test_tiny_chain_on_cpu_reports_the_bars(
 
 
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
-def test_gpu_session_commands_parse(
+def test_gpu_checks_commands_parse(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """Every command of the GPU script parses its arguments: each runs here with `--help`

@@ -9,7 +9,7 @@
 # Every result lands under $OUT (the chain's small files only: reports, summaries, logs,
 # figures); each command has its own time limit and a failure does not stop the others.
 #
-#   OUT=/path/to/results bash benchmarks/gpu_session.sh [all|bench|chain]
+#   OUT=/path/to/results bash benchmarks/gpu_checks.sh [all|bench|chain]
 #
 # DRY_RUN=1 prints the commands instead of running them (tests/launch/test_pipeline_gpu_config.py
 # checks that each one parses).
@@ -18,12 +18,12 @@ set -uo pipefail
 OUT=${OUT:?set OUT to the folder that collects the results}
 PART=${1:-all}
 PY=${PY:-python3}
-WORK=${WORK:-runs/gpu_session}
+WORK=${WORK:-runs/gpu_checks}
 SCENES=data/fashion_scenes_mosaic
 export PYTHONPATH=.
 
 case $PART in all | bench | chain) ;; *)
-    echo "usage: OUT=DIR bash benchmarks/gpu_session.sh [all|bench|chain]" >&2
+    echo "usage: OUT=DIR bash benchmarks/gpu_checks.sh [all|bench|chain]" >&2
     exit 2
     ;;
 esac
@@ -38,11 +38,11 @@ run() {
         echo
         return 0
     fi
-    echo "== $name: $*" | tee -a "$OUT/session.log"
+    echo "== $name: $*" | tee -a "$OUT/run.log"
     local start=$SECONDS
     timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
     local rc=$?
-    echo "== $name: exit $rc after $((SECONDS - start)) s" | tee -a "$OUT/session.log"
+    echo "== $name: exit $rc after $((SECONDS - start)) s" | tee -a "$OUT/run.log"
 }
 
 collect() {
