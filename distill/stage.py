@@ -39,7 +39,7 @@ def _subset(n: int, k: int | None, seed: int) -> list[int]:
 def _enhancer_cfg(cfg: Config) -> EnhancerTrainConfig:
     e = cfg.enhancer
     return EnhancerTrainConfig(
-        max_steps=cfg.train.max_steps or 300,
+        max_steps=cfg.train.max_steps,
         batch_size=cfg.train.batch_size,
         lr=e.lr,
         weight_decay=e.weight_decay,

@@ -1,9 +1,9 @@
 """The callable a launched job runs: one stage in its run directory, preemption-safe.
 
 On SLURM's warning signal (submitit's USR2, also USR1/SIGTERM) the job only sets the
-``common.preemption`` flag; the stage's loop writes ``checkpoints/last.pt`` at the next step
+``common.preemption`` flag; the stage's loop writes its last checkpoint at the next step
 boundary and raises ``Preempted``; the job then requeues itself (``scontrol requeue``, or
-submitit's local requeue) and the requeued run resumes from ``last.pt``.
+submitit's local requeue) and the requeued run resumes from it.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class StageJob(submitit.helpers.Checkpointable):
         if count >= self.max_requeues:
             raise RequeueLimitError(
                 f"pre-empted {count + 1} times, more than slurm.max_requeues={self.max_requeues}; "
-                f"checkpoints/last.pt (step {exc.step}) is intact: submit the same command again "
+                f"the last checkpoint (step {exc.step}) is intact: submit the same command again "
                 "to resume, or raise slurm.max_requeues"
             ) from exc
         counter.write_text(str(count + 1))
@@ -114,7 +114,7 @@ class StageJob(submitit.helpers.Checkpointable):
         )
         if not job_id:
             log.warning(
-                "stopped at step %d with checkpoints/last.pt written; run the same command "
+                "stopped at step %d with the last checkpoint written; run the same command "
                 "again to resume",
                 exc.step,
             )
@@ -123,7 +123,7 @@ class StageJob(submitit.helpers.Checkpointable):
             ["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60
         )
         if proc.returncode != 0:
-            # E.g. the stop came from scancel: the job is ending for good, last.pt is written.
+            # E.g. the stop came from scancel: the job ends for good, its checkpoint written.
             log.warning(
                 "stopped at step %d; SLURM did not requeue job %s (%s)",
                 exc.step,
