@@ -5,13 +5,18 @@ CST's weak setting against our weak and full supervision.
         --data SCENES --out runs/bench_cst --seeds 0 1 -- data.max_train_images=2000
     PYTHONPATH=. .venv/bin/python benchmarks/bench_cst_protocol.py --study supervision \
         --backbone EXPORT --data SCENES --pseudo-masks DISTILL_RUN --out runs/bench_cst_sup
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_cst_protocol.py --study training \
+        --backbone EXPORT --data SCENES --out runs/bench_cst_train
     PYTHONPATH=. .venv/bin/python benchmarks/bench_cst_protocol.py --study pseudo_masks \
         --backbone EXPORT --data SCENES --pseudo-masks DISTILL_RUN --out runs/bench_cst_sup
 
 `--study protocol` (default), three runs per seed with the same backbone, data and schedule
 (the `fashion_tiny` preset, full supervision, fold 0, 2-way 1-shot): ours; CST's support
 tokens and head tested on our episodes (separates the model from the episode sampling);
-CST's protocol whole. `--study supervision`, `protocol: cst` throughout: `full`, our `weak`
+CST's protocol whole. `--study training`, `protocol: cst` and full supervision throughout:
+our cosine lr decay and our training episodes; CST's constant lr with our training
+episodes; CST's training whole (constant lr, its training episodes). `--study supervision`,
+`protocol: cst` throughout: `full`, our `weak`
 (stage-2 pseudo-masks for training, ground-truth support masks at test) and `cst_weak`
 (no support mask anywhere, query pseudo-masks made on the fly). Prints a markdown table of
 the heads' and the prototype baseline's scores. `--study pseudo_masks` scores the training
@@ -23,6 +28,8 @@ and the stage-2 pseudo-masks of the same queries.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 from unittest import mock
@@ -37,6 +44,7 @@ from fewshot import stage
 from fewshot.data import build_last_block_keys, open_split, read_gt_masks, split_ids
 from fewshot.features import FrozenBackbone
 
+TRAIN_SETTINGS = stage.train_settings
 PAIRS = 400  # (query, support) pairs scored by --study pseudo_masks
 SIZE = 64  # FashionScenes' own size, the fashion_tiny preset's data.image_size
 
@@ -54,21 +62,52 @@ def _ours_episodes(cfg, labels, classes, way):
     )
 
 
-def _variants(args) -> dict[str, tuple[list[str], bool]]:
-    """Variant name -> (overrides, whether CST's model is tested on our episodes)."""
+def _cosine_settings(cfg):
+    """`protocol: cst`'s training settings with our cosine decay instead of CST's constant lr."""
+    return dataclasses.replace(TRAIN_SETTINGS(cfg), constant_lr=False)
+
+
+def _ours_training(cfg, labels, classes, images, exclude):
+    """Our training episodes where `protocol: cst` would take CST's (same seed as `ours`)."""
+    return stage.EpisodeSampler(
+        name="training episodes",
+        labels=labels,
+        classes=classes,
+        way=1,
+        shot=1,
+        presence_prior=cfg.episodes.presence_prior,
+        exclude=exclude,
+        images=images,
+        seed=cfg.seed,
+    )
+
+
+def _variants(args) -> dict[str, tuple[list[str], dict]]:
+    """Variant name -> (overrides, stage functions replaced for that run)."""
+    full = ["protocol=cst", "supervision=full"]
     if args.study == "protocol":
         return {
-            "ours": (["protocol=ours", "supervision=full"], False),
-            "cst model, our episodes": (["protocol=cst", "supervision=full"], True),
-            "cst": (["protocol=cst", "supervision=full"], False),
+            "ours": (["protocol=ours", "supervision=full"], {}),
+            "cst model, our episodes": (full, {"test_sampler": _ours_episodes}),
+            "cst": (full, {}),
+        }
+    if args.study == "training":
+        ours_sampler = {"train_sampler": _ours_training}
+        return {
+            "cst, cosine lr, our training episodes": (
+                full,
+                {**ours_sampler, "train_settings": _cosine_settings},
+            ),
+            "cst, our training episodes": (full, ours_sampler),
+            "cst": (full, {}),
         }
     if args.pseudo_masks is None:
         raise SystemExit("--study supervision needs --pseudo-masks (a distill run) for `weak`")
     weak = ["supervision=weak", f"pseudo_masks={args.pseudo_masks}"]
     return {
-        "full": (["protocol=cst", "supervision=full"], False),
-        "weak (ours)": (["protocol=cst", *weak], False),
-        "cst_weak": (["protocol=cst", "supervision=cst_weak"], False),
+        "full": (full, {}),
+        "weak (ours)": (["protocol=cst", *weak], {}),
+        "cst_weak": (["protocol=cst", "supervision=cst_weak"], {}),
     }
 
 
@@ -122,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument(
-        "--study", choices=["protocol", "supervision", "pseudo_masks"], default="protocol"
+        "--study",
+        choices=["protocol", "training", "supervision", "pseudo_masks"],
+        default="protocol",
     )
     parser.add_argument("--pseudo-masks", help="distill run dir (the `weak` variant)")
     parser.add_argument("--images", type=int, default=1000, help="training images (pseudo_masks)")
@@ -137,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| variant | seed | way | model | ER | mIoU | FB-IoU |")
     print("| --- | ---: | --- | --- | ---: | ---: | ---: |")
     for seed in args.seeds:
-        for name, (variant, our_episodes) in _variants(args).items():
+        for name, (variant, replaced) in _variants(args).items():
             overrides = [
                 f"backbone={args.backbone}",
                 f"data.root={args.data}",
@@ -153,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             slug = name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
             out = args.out / f"{slug}_seed{seed}"
             argv = ["--config", "fashion_tiny", "--output-dir", str(out), "--force", *overrides]
-            sampler = _ours_episodes if our_episodes else stage.test_sampler
-            with mock.patch.object(stage, "test_sampler", sampler):
+            with contextlib.ExitStack() as stack:
+                for attr, fn in replaced.items():
+                    stack.enter_context(mock.patch.object(stage, attr, fn))
                 results = stage_main("fewshot", stage.run, "bench", argv)
             for way, by_model in results["test"].items():
                 for model, m in by_model.items():

@@ -7,8 +7,8 @@ otherwise one it does not show; K support images per class are drawn among the o
 that class. Images that show an ``excluded`` class (the test fold, during training) are left
 out entirely, so those classes are never seen. Evaluation episodes come from
 ``episode(index)``: seeded by index, every run and every model sees the same ones.
-CST samples its test episodes differently (``CSTEpisodeSampler``, ``protocol: cst``): its
-queries show a support class more often.
+CST samples its test and training episodes differently (``CSTEpisodeSampler``,
+``protocol: cst``): its queries show a support class more often.
 """
 
 from __future__ import annotations
@@ -135,14 +135,18 @@ class EpisodeSampler:
 
 
 class CSTEpisodeSampler:
-    """CST's test episodes (Kang et al., CVPR 2023; dahyun-kang/cst, data/pascal.py).
+    """CST's episodes (Kang et al., CVPR 2023; dahyun-kang/cst, data/pascal.py).
 
-    Episode ``i`` takes the ``i mod M``-th of M (query image, class) entries, one per
-    fold class an image shows, images in split order, and draws with numpy's legacy
-    generator seeded by ``i`` alone: N classes without replacement with probability 1/2
-    for the entry's class and 1 / (2 (n - 1)) for each other fold class (renormalised after
-    each draw), then for each class K distinct supports among its images other than the
-    query, one draw at a time. CST's query class is thus sampled more often than ours.
+    One (query image, class) entry per fold class an image shows, images in split order.
+    Test episode ``i`` (``episode``) takes the ``i mod M``-th of the M entries and draws with
+    numpy's legacy generator seeded by ``i`` alone; a training episode (``sample``) takes an
+    entry uniformly at random (CST shuffles the entries each epoch: the same share per draw).
+    Either way: N classes without replacement with probability 1/2 for the entry's class
+    and 1 / (2 (n - 1)) for each other fold class (renormalised after each draw), then for
+    each class K distinct supports among its images other than the query, one draw at a
+    time. CST's query class is thus sampled more often than ours, and a query showing
+    several classes is drawn once per class. ``images`` restricts queries and supports to a
+    subset of ``labels``; images showing an ``exclude`` class are left out.
     """
 
     def __init__(
@@ -151,10 +155,15 @@ class CSTEpisodeSampler:
         classes: Sequence[int],
         way: int,
         shot: int,
+        images: Sequence[int] | None = None,
+        exclude: Sequence[int] = (),
         name: str = "cst episodes",
     ) -> None:
         self.way, self.shot = int(way), int(shot)
-        counts = {int(c): sum(int(c) in ls for ls in labels) for c in classes}
+        excluded = set(int(c) for c in exclude)
+        pool = range(len(labels)) if images is None else sorted(int(i) for i in images)
+        pool = [i for i in pool if not excluded & set(int(c) for c in labels[i])]
+        counts = {int(c): sum(int(c) in labels[i] for i in pool) for c in classes}
         # CST's loader would loop forever on such classes; they are left out as in ours.
         short = short_classes(counts, self.shot, name)
         self.classes = sorted(c for c in counts if c not in short)
@@ -165,27 +174,37 @@ class CSTEpisodeSampler:
                 f"{short}); lower way/shot or use more images"
             )
         self.labels = [set(self.classes) & set(int(c) for c in ls) for ls in labels]
-        self.entries = [(i, c) for i, ls in enumerate(self.labels) for c in sorted(ls)]
-        self.by_class = {
-            c: [i for i, ls in enumerate(self.labels) if c in ls] for c in self.classes
-        }
+        self.entries = [(i, c) for i in pool for c in sorted(self.labels[i])]
+        self.by_class = {c: [i for i in pool if c in self.labels[i]] for c in self.classes}
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def episode(self, index: int) -> Episode:
-        """The ``index``-th episode: entry ``index mod M``, numpy RandomState(index)."""
-        rs = np.random.RandomState(index)
-        query, query_class = self.entries[index % len(self.entries)]
+        """The ``index``-th test episode: entry ``index mod M``, numpy RandomState(index)."""
+        return self._draw(np.random.RandomState(index), *self.entries[index % len(self.entries)])
+
+    def sample(self, rng: np.random.Generator) -> Episode:
+        """One training episode drawn with ``rng``: a uniformly drawn entry."""
+        return self._draw(rng, *self.entries[int(rng.integers(len(self.entries)))])
+
+    def class_probabilities(self, query_class: int) -> np.ndarray:
+        """The first draw's probability of each of ``classes`` for an entry of ``query_class``."""
         n = len(self.classes)
         p = np.full(n, 0.5 / max(n - 1, 1))
         p[self.classes.index(query_class)] = 0.5 if n > 1 else 1.0
-        classes = [int(c) for c in rs.choice(self.classes, self.way, p=p, replace=False)]
+        return p
+
+    def _draw(
+        self, rng: np.random.RandomState | np.random.Generator, query: int, query_class: int
+    ) -> Episode:
+        p = self.class_probabilities(query_class)
+        classes = [int(c) for c in rng.choice(self.classes, self.way, p=p, replace=False)]
         supports = []
         for c in classes:
             picks: list[int] = []
             while len(picks) < self.shot:
-                s = int(rs.choice(self.by_class[c], 1, replace=False)[0])
+                s = int(rng.choice(self.by_class[c], 1, replace=False)[0])
                 if s != query and s not in picks:
                     picks.append(s)
             supports.append(tuple(picks))
@@ -197,5 +216,5 @@ class CSTEpisodeSampler:
         )
 
     def fixed(self, count: int) -> list[Episode]:
-        """The first ``count`` episodes (CST's test uses 1,000)."""
+        """The first ``count`` test episodes (CST's test uses 1,000)."""
         return [self.episode(i) for i in range(count)]

@@ -105,7 +105,7 @@ def _layers(cfg: Config, depth: int) -> list[int]:
 class EpisodeSets:
     """Training sampler plus the fixed validation and test episodes of a run."""
 
-    train: EpisodeSampler
+    train: EpisodeSampler | CSTEpisodeSampler
     val: list[Episode]
     test: dict[int, list[Episode]]  # way -> episodes
 
@@ -127,15 +127,7 @@ def make_episodes(
     common_kw = dict(
         labels=train_pool.labels, presence_prior=cfg.episodes.presence_prior, exclude=exclude
     )
-    train = EpisodeSampler(
-        name="training episodes",
-        classes=train_classes,
-        way=1,
-        shot=1,
-        images=fit_idx,
-        seed=cfg.seed,
-        **common_kw,
-    )
+    train = train_sampler(cfg, train_pool.labels, train_classes, fit_idx, exclude)
     val: list[Episode] = []
     n_val_queries = 0
     if n_val:
@@ -166,6 +158,44 @@ def make_episodes(
         len(sampler),
     )
     return EpisodeSets(train=train, val=val, test=test)
+
+
+def train_sampler(
+    cfg: Config, labels: list[list[int]], classes: list[int], images: list[int], exclude: list[int]
+) -> EpisodeSampler | CSTEpisodeSampler:
+    """The sampler of the 1-way 1-shot training episodes: CST's or ours, by ``protocol``."""
+    name = "training episodes"
+    if cfg.protocol == "cst":
+        return CSTEpisodeSampler(labels, classes, 1, 1, images=images, exclude=exclude, name=name)
+    return EpisodeSampler(
+        name=name,
+        labels=labels,
+        classes=classes,
+        way=1,
+        shot=1,
+        presence_prior=cfg.episodes.presence_prior,
+        exclude=exclude,
+        images=images,
+        seed=cfg.seed,
+    )
+
+
+def train_settings(cfg: Config) -> TrainSettings:
+    """Optimisation settings of the ``train`` section; ``protocol: cst`` keeps the lr constant
+    (CST's Adam at a fixed lr), ours decays it (cosine)."""
+    return TrainSettings(
+        max_steps=int(cfg.train.max_steps),
+        batch_size=cfg.train.batch_size,
+        lr=cfg.train.lr,
+        weight_decay=cfg.train.weight_decay,
+        cls_weight=cfg.train.cls_weight,
+        seg_weight=cfg.train.seg_weight,
+        fg_weight=cfg.train.fg_weight,
+        eval_every=cfg.train.eval_every,
+        ckpt_every=cfg.train.ckpt_every,
+        seed=cfg.seed,
+        constant_lr=cfg.protocol == "cst",
+    )
 
 
 def test_sampler(
@@ -236,24 +266,12 @@ def fit_head(
     if not episodes.val:
         log.info("%s: data.val_fraction=0, no validation: the last weights are kept", tag)
 
-    settings = TrainSettings(
-        max_steps=int(cfg.train.max_steps),
-        batch_size=cfg.train.batch_size,
-        lr=cfg.train.lr,
-        weight_decay=cfg.train.weight_decay,
-        cls_weight=cfg.train.cls_weight,
-        seg_weight=cfg.train.seg_weight,
-        fg_weight=cfg.train.fg_weight,
-        eval_every=cfg.train.eval_every,
-        ckpt_every=cfg.train.ckpt_every,
-        seed=cfg.seed,
-    )
     info = train_head(
         model,
         pool,
         episodes.train,
         validate if episodes.val else None,
-        settings,
+        train_settings(cfg),
         run.checkpoints / tag,
         MetricsLogger(run.metrics),
         bb.device,

@@ -1,5 +1,7 @@
 """Training of the FS-CS head: 1-way 1-shot episodes, resumable, best by validation mIoU.
 
+The lr decays (cosine) or, with ``constant_lr`` (CST's Adam at a fixed lr), stays constant.
+
 Step ``t`` draws its episodes from an RNG seeded by ``(seed, t)``, so a resumed run sees
 exactly the episodes an uninterrupted one would. ``<ckpt_dir>/last.pt`` holds model,
 optimiser, step and the best validation score (:class:`common.train_loop.TrainLoop`);
@@ -22,7 +24,7 @@ from common.optim import cosine_decay
 from common.rundir import MetricsLogger
 from common.train_loop import Checkpointing, TrainLoop
 from fewshot.data import ImagePool
-from fewshot.episodes import EpisodeSampler
+from fewshot.episodes import CSTEpisodeSampler, EpisodeSampler
 from fewshot.model import FSCSModel, loss_fn, one_way_batch
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ class TrainSettings:
     eval_every: int
     ckpt_every: int
     seed: int
+    # True: CST's constant lr (set by ``protocol: cst``, not a config key); False: cosine.
+    constant_lr: bool
 
 
 class _Best:
@@ -60,7 +64,7 @@ class _Best:
 def train_head(
     model: FSCSModel,
     pool: ImagePool,
-    sampler: EpisodeSampler,
+    sampler: EpisodeSampler | CSTEpisodeSampler,
     validate: Callable[[FSCSModel], float] | None,
     settings: TrainSettings,
     ckpt_dir: Path,
@@ -110,7 +114,9 @@ def train_head(
         total_steps=settings.max_steps,
         name=tag,
         fix="lower train.lr and resume",
-        lr_scale=lambda step: cosine_decay(step, settings.max_steps),
+        lr_scale=None
+        if settings.constant_lr
+        else lambda step: cosine_decay(step, settings.max_steps),
         # One step copy beside last.pt: resume falls back to it if last.pt is damaged.
         checkpoint=Checkpointing(ckpt_dir / "last.pt", settings.ckpt_every, keep=1),
         extra=best,

@@ -55,6 +55,7 @@ def _settings(steps, eval_every=100):
         eval_every=eval_every,
         ckpt_every=100,
         seed=0,
+        constant_lr=False,
     )
 
 
@@ -162,4 +163,5 @@ def test_train_settings_take_every_value_from_the_yaml():
     fields = dataclasses.fields(TrainSettings)
     assert all(f.default is dataclasses.MISSING for f in fields)
     train = load_config("fewshot").train
-    assert {f.name for f in fields} - set(train) == {"seed"}  # the top-level seed
+    # The top-level seed; constant_lr follows `protocol`.
+    assert {f.name for f in fields} - set(train) == {"seed", "constant_lr"}
