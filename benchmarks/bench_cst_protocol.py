@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from common.cli import stage_main
+from common.config import to_config, to_dict
 from common.datasets.palette import read_mask
 from common.datasets.voc import labels_of_mask
 from fewshot import stage
@@ -51,15 +52,7 @@ SIZE = 64  # FashionScenes' own size, the fashion_tiny preset's data.image_size
 
 def _ours_episodes(cfg, labels, classes, way):
     """Our test episodes where `protocol: cst` would take CST's (same seeds as `ours`)."""
-    return stage.EpisodeSampler(
-        name=f"{way}-way {cfg.shot}-shot test episodes",
-        labels=labels,
-        classes=classes,
-        way=way,
-        shot=cfg.shot,
-        presence_prior=cfg.episodes.presence_prior,
-        seed=cfg.episodes.seed + way,
-    )
+    return stage.test_sampler(to_config({**to_dict(cfg), "protocol": "ours"}), labels, classes, way)
 
 
 def _cosine_settings(cfg):
