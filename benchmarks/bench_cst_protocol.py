@@ -62,17 +62,8 @@ def _cosine_settings(cfg):
 
 def _ours_training(cfg, labels, classes, images, exclude):
     """Our training episodes where `protocol: cst` would take CST's (same seed as `ours`)."""
-    return stage.EpisodeSampler(
-        name="training episodes",
-        labels=labels,
-        classes=classes,
-        way=1,
-        shot=1,
-        presence_prior=cfg.episodes.presence_prior,
-        exclude=exclude,
-        images=images,
-        seed=cfg.seed,
-    )
+    ours = to_config({**to_dict(cfg), "protocol": "ours"})
+    return stage.train_sampler(ours, labels, classes, images, exclude)
 
 
 def _variants(args) -> dict[str, tuple[list[str], dict]]:
