@@ -14,6 +14,7 @@ from these files, so a figure on the results page always has a record behind it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -74,10 +75,8 @@ def command(argv: list[str] | None = None) -> str:
     """The command line that ran this benchmark, relative to the repository root."""
     argv = list(sys.argv if argv is None else argv)
     if argv:
-        try:
+        with contextlib.suppress(ValueError):
             argv[0] = str(Path(argv[0]).resolve().relative_to(ROOT))
-        except ValueError:
-            pass
     return "PYTHONPATH=. .venv/bin/python " + shlex.join(argv)
 
 
