@@ -76,8 +76,8 @@ TINY = [
     "eval.attention_images=0",
 ]
 MODES = ("ddp", "fsdp")
-# Float tolerance: sums over the batch in another order (and over processes).
-RTOL = 1e-4
+# Float tolerance: float32 sums in another order, amplified by batch norm and AdamW.
+TOL = 2e-3
 
 
 def case_config(preset: str, mode: str, world: int, data_root: Path):
@@ -293,8 +293,8 @@ def test_n_processes_train_like_one(fashion_scenes_root, tmp_path):
     bad = {
         case: diffs
         for case, diffs in found.items()
-        if any(v > RTOL for k, v in diffs.items() if k != "scale")
-        or not math.isclose(diffs.get("scale", 1.0), 1.0, rel_tol=RTOL)
+        if any(v > TOL for k, v in diffs.items() if k != "scale")
+        or not math.isclose(diffs.get("scale", 1.0), 1.0, rel_tol=TOL)
     }
     assert not bad, bad
 
