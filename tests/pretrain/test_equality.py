@@ -15,6 +15,7 @@ with torchrun's variables set, this module is one of those processes.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import socket
@@ -33,6 +34,7 @@ from pretrain.data import epoch_loader
 from pretrain.heads import BatchStatNorm
 from pretrain.probe import extract_features
 from pretrain.sharding import full_state_dict, full_tensor
+from pretrain.sync_batch_norm import GlobalBatchNorm, sync_batch_norm
 from pretrain.train import Trainer
 
 GLOBAL_BATCH = 8
@@ -297,6 +299,35 @@ def test_n_processes_train_like_one(fashion_scenes_root, tmp_path):
         or not math.isclose(diffs.get("scale", 1.0), 1.0, rel_tol=TOL)
     }
     assert not bad, bad
+
+
+def test_global_batch_norm_in_one_process_is_torch_batch_norm():
+    """What the conv stem gets with several processes reduces to torch's batch norm in one:
+    outputs, gradients and running statistics in training, the running statistics in eval."""
+    torch.manual_seed(0)
+    theirs = nn.BatchNorm2d(4)
+    nn.init.uniform_(theirs.weight)
+    nn.init.uniform_(theirs.bias)
+    ours = sync_batch_norm(nn.Sequential(copy.deepcopy(theirs)))[0]
+    assert isinstance(ours, GlobalBatchNorm)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    for step in range(2):
+        x = torch.randn(6, 4, 5, 5) * 3 + step
+        outs = []
+        for norm in (theirs, ours):
+            xi = x.clone().requires_grad_(True)
+            y = norm(xi)
+            (y**3).sum().backward()
+            outs.append([y, xi.grad, norm.weight.grad, norm.bias.grad])
+            norm.zero_grad()
+        for a, b in zip(*outs, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    for name, buffer in theirs.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[name], buffer, msg=name)
+    theirs.eval()
+    ours.eval()
+    x = torch.randn(3, 4, 5, 5)
+    torch.testing.assert_close(ours(x), theirs(x))
 
 
 if __name__ == "__main__":
