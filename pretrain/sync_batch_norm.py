@@ -34,24 +34,24 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         # Two passes (mean, then squared deviations), as torch's batch norm: no cancellation.
         count = torch.full((1,), x.numel() / max(x.shape[1], 1), device=x.device)
         sums = all_reduce_sum(torch.cat([xf.sum(dims), count]))
-        n = sums[-1].detach()
+        n = sums[-1].detach()  # a tensor: no host sync on an accelerator
         mean = sums[:-1] / n.clamp_min(1)
         var = all_reduce_sum(((xf - mean.view(shape)) ** 2).sum(dims)) / n.clamp_min(1)
         if self.track_running_stats:
-            self._update_running_stats(mean.detach(), var.detach(), float(n))
+            self._update_running_stats(mean.detach(), var.detach(), n)
         out = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
         return out.to(x.dtype)
 
     @torch.no_grad()
-    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: float) -> None:
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: torch.Tensor) -> None:
         """torch's rule: momentum (or the cumulative average when None), unbiased variance."""
         self.num_batches_tracked.add_(1)
         momentum = self.momentum
         if momentum is None:
             momentum = 1.0 / float(self.num_batches_tracked)
-        unbiased = var * (n / max(n - 1, 1))
+        unbiased = var * n / (n - 1).clamp_min(1)
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
 
