@@ -108,10 +108,8 @@ def run_case(cfg, root: Path) -> dict:
             for name, p in trainer.model.student.named_parameters()
             if p.grad is not None
         }
-        steps.append(
-            {"terms": dict(zip(names, terms.tolist(), strict=True)), "grad_norm": out["grad_norm"]}
-            | {"grads": grads}
-        )
+        terms = dict(zip(names, terms.tolist(), strict=True))
+        steps.append({"terms": terms, "grad_norm": out["grad_norm"], "grads": grads})
     weights = full_state_dict(trainer.model) if trainer.sharded else trainer.model.state_dict()
     backbone = trainer.teacher_backbone()
     if rank != 0:
@@ -237,7 +235,9 @@ def differences(ours: dict, ref: dict) -> dict[str, float]:
         assert mine["terms"].keys() == theirs["terms"].keys()
         assert mine["grads"].keys() == theirs["grads"].keys()
         for name, value in theirs["terms"].items():
-            found["terms"] = max(found["terms"], abs(mine["terms"][name] - value) / abs(value))
+            found["terms"] = max(
+                found["terms"], abs(mine["terms"][name] - value) / max(abs(value), 1e-6)
+            )
         norm = abs(mine["grad_norm"] - theirs["grad_norm"]) / theirs["grad_norm"]
         found["terms"] = max(found["terms"], norm)
         names = list(theirs["grads"])
