@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common import distributed as dist
+from pretrain.cross_rank import all_reduce_sum
 
 COLLAPSE_METHODS = ("centering", "sinkhorn", "memax")
 
@@ -58,14 +59,11 @@ def sinkhorn_knopp(logits: torch.Tensor, temp: float, iters: int = 3) -> torch.T
 
 
 def global_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of the global batch, differentiable w.r.t. the local rows."""
-    local_sum = x.sum(dim=0)
+    """Mean over the rows of the global batch: the same value on every process, and under
+    DDP/FSDP's gradient averaging the gradient one process with the whole batch would get
+    (see :mod:`pretrain.cross_rank`)."""
     n = max(global_count(x.shape[0], x.device), 1)  # an empty global batch gives zeros
-    if not dist.is_dist():
-        return local_sum / n
-    total = dist.all_reduce_sum(local_sum.detach().clone())
-    # Gradient flows through the local part only; the value is the global mean.
-    return (local_sum + (total - local_sum.detach())) / n
+    return all_reduce_sum(x.sum(dim=0)) / n
 
 
 def memax_term(student_probs: torch.Tensor) -> torch.Tensor:

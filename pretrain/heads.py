@@ -7,30 +7,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from pretrain.collapse import global_mean
+from pretrain.sync_batch_norm import GlobalBatchNorm
 
 
-class BatchStatNorm(nn.Module):
+class BatchStatNorm(GlobalBatchNorm):
     """Batch normalisation that always uses the statistics of the current global batch.
 
     DINO's ``use_bn_in_head`` (SyncBatchNorm in the projection MLP). No running statistics:
     the teacher's head weights are an EMA of the student's, and both heads normalise with the
-    batch at hand. Under DDP the mean and variance are those of the global batch;
-    the backward pass treats the other processes' rows as constants. One row normalises to
-    the bias, an empty batch stays empty.
+    batch at hand. Under DDP/FSDP the mean, variance and gradients are those of the global
+    batch (:class:`pretrain.sync_batch_norm.GlobalBatchNorm`).
     """
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # One all-reduce for both moments; every process calls it, even with no rows.
-        mean, sq_mean = global_mean(torch.cat([x, x * x], dim=-1)).chunk(2, dim=-1)
-        var = (sq_mean - mean * mean).clamp_min(0.0)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+        super().__init__(dim, eps, track_running_stats=False)
 
 
 class DINOHead(nn.Module):

@@ -51,6 +51,7 @@ from pretrain.sharding import (
     shard_meta_arch,
     training_state,
 )
+from pretrain.sync_batch_norm import sync_batch_norm
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,8 @@ class Trainer:
             t, cfg.loss, self.steps_per_epoch, self.batch_size * self.world
         )
         self.model = MetaArch(cfg, self.init).to(self.device)
+        if self.world > 1:
+            sync_batch_norm(self.model)  # global-batch statistics, as one process computes
         if t.activation_checkpointing:
             checkpoint_blocks(self.model.student.backbone)
         if t.compile:

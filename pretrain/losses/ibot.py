@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.collapse import global_mean
+
 
 class IBOTPatchLoss(nn.Module):
     """Cross-entropy on masked patches only, normalised per image.
@@ -28,8 +30,6 @@ class IBOTPatchLoss(nn.Module):
         num_crops: int,
     ) -> torch.Tensor:
         """Inputs are the masked patches only: [P, K] logits/targets and their crop index [P]."""
-        if student_logits.shape[0] == 0:
-            return student_logits.new_zeros((), dtype=torch.float32)
         log_p = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
         per_patch = (-teacher_probs * log_p).sum(dim=-1)
         return per_image_mean(per_patch, crop_index, num_crops)
@@ -38,8 +38,12 @@ class IBOTPatchLoss(nn.Module):
 def per_image_mean(
     per_patch: torch.Tensor, crop_index: torch.Tensor, num_crops: int
 ) -> torch.Tensor:
-    """Average per crop, then over crops that have at least one masked patch."""
+    """Average per crop, then over the global batch's crops that have a masked patch.
+
+    The second mean spans every process (a collective: each process calls it, with or
+    without masked patches), so it is the mean one process would take over the whole batch.
+    """
     sums = per_patch.new_zeros(num_crops).index_add(0, crop_index, per_patch)
     counts = torch.bincount(crop_index, minlength=num_crops).to(per_patch.dtype)
     has = counts > 0
-    return (sums[has] / counts[has]).mean()
+    return global_mean(sums[has] / counts[has])

@@ -6,11 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.cross_rank import all_gather_rows
+
 
 class KoLeoLoss(nn.Module):
     """``L = -mean_i log(eps + min_{j != i} ||x_i - x_j||)`` on L2-normalised features.
 
-    Spreads features uniformly. ``eps`` keeps duplicates (distance 0) finite.
+    Spreads features uniformly. ``eps`` keeps duplicates (distance 0) finite. The nearest
+    neighbours are searched in the global batch (every process's rows), so N processes
+    compute what one process computes; DINOv2 searches each process's batch alone, which
+    changes the term with the number of processes.
     """
 
     def __init__(self, eps: float = 1e-8) -> None:
@@ -18,10 +23,11 @@ class KoLeoLoss(nn.Module):
         self.eps = eps
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        features = all_gather_rows(features)
         if features.shape[0] < 2:
             raise ValueError(
-                "KoLeo needs at least 2 samples per process to find nearest neighbours (got "
-                f"{features.shape[0]}); raise train.batch_size or set loss.koleo_weight=0"
+                "KoLeo needs at least 2 samples in the global batch to find nearest neighbours "
+                f"(got {features.shape[0]}); raise train.batch_size or set loss.koleo_weight=0"
             )
         x = F.normalize(features.float(), dim=-1, eps=self.eps)
         with torch.no_grad():

@@ -35,8 +35,6 @@ class PixelReconstructionLoss(nn.Module):
         num_crops: int,
     ) -> torch.Tensor:
         """``prediction``/``target``: [P, p*p*C] for the masked patches; ``crop_index`` [P]."""
-        if prediction.shape[0] == 0:
-            return prediction.new_zeros((), dtype=torch.float32)
         target = target.float()
         if self.norm_pix:
             mean = target.mean(dim=-1, keepdim=True)
