@@ -223,6 +223,11 @@ class PseudoLabeler:
         images = images.to(self.device)
         if a.image_size:
             size = (a.image_size, a.image_size) if isinstance(a.image_size, int) else a.image_size
+        else:  # the image's size, to the nearest whole number of patches
+            ph, pw = self.model.patch_embed.patch_size
+            h, w = images.shape[-2:]
+            size = (max(ph, round(h / ph) * ph), max(pw, round(w / pw) * pw))
+        if tuple(size) != tuple(images.shape[-2:]):
             images = F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False)
         return extract_attention(self.model, images, a.layers)
 

@@ -119,6 +119,7 @@ class LabelledFolder(Dataset):
         self.short_side = short_side
         self.mask_dir = mask_dir
         self.masks = find_masks(mask_dir, self.ids) if mask_dir is not None else {}
+        self._check_mask_classes()
         log.info(
             "%d labelled images, %d classes (%s), %d with a mask",
             len(self.ids),
@@ -126,6 +127,32 @@ class LabelledFolder(Dataset):
             ", ".join(self.class_names[1:]),
             len(self.masks),
         )
+
+    def _check_mask_classes(self) -> None:
+        """Warn when masks show other classes than their image's labels: mask values are
+        class ids in the order of ``classes`` (or the sorted label names)."""
+        differ = [
+            i
+            for i, name in enumerate(self.ids)
+            if name in self.masks and set(labels_of_mask(self.read_mask(i))) - set(self._labels[i])
+        ]
+        if differ:
+            i = differ[0]
+            shown = [
+                self.class_names[c] if c < self.num_classes else str(c)
+                for c in labels_of_mask(self.read_mask(i))
+            ]
+            log.warning(
+                "%d of %d masks show classes their image is not labelled with (e.g. %s shows "
+                "%s, labelled %s); mask values are class ids 1, 2, ... in the order of "
+                "data.classes (now: %s): set data.classes in your masks' order",
+                len(differ),
+                len(self.masks),
+                self.mask_path(i),
+                shown,
+                [self.class_names[c] for c in self._labels[i]],
+                ", ".join(self.class_names[1:]),
+            )
 
     def __len__(self) -> int:
         return len(self.ids)
