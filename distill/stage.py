@@ -217,9 +217,8 @@ def _quality(
         "class_assignment": assign,
         "enhancers": pool.summaries if pool is not None else {},
     }
-    write_report(
-        rows, extra, run.root, f"Pseudo-label quality on {len(eval_idx)} {eval_ds.split} images"
-    )
+    what = f"{eval_ds.split} images" if data.benchmark else "images with a mask in data.masks"
+    write_report(rows, extra, run.root, f"Pseudo-label quality on {len(eval_idx)} {what}")
     _figures(cfg, run, labeler, fit, cache, pool)
     return {"rows": rows, **extra}
 

@@ -31,7 +31,12 @@ def check_masks_exist(mask_dir: Path, ids: Sequence[str], what: str, fix: str) -
     if not mask_dir.is_dir():
         raise DatasetNotFoundError(f"mask folder {mask_dir} does not exist")
     present = {p.name for p in mask_dir.iterdir()}
-    missing = [i for i in ids if f"{i}.png" not in present]
+    # Ids with folders (your own data: shop/a/img1) name masks in the same subfolders.
+    missing = [
+        i
+        for i in ids
+        if f"{i}.png" not in present and not ("/" in i and (mask_dir / f"{i}.png").is_file())
+    ]
     if missing:
         raise DatasetNotFoundError(
             f"{len(missing)} of {len(ids)} {what} have no mask in {mask_dir} "

@@ -99,7 +99,7 @@ class LabelledFolder(Dataset):
         check_on_corrupt(on_corrupt)
         self.root, self.split = Path(root), split
         mask_dir = Path(masks) if masks else None
-        paths = [p for p in list_images(self.root) if not _inside(p, mask_dir)]
+        paths = [p for p in list_images(self.root) if not inside(p, mask_dir)]
         all_ids = _relative_ids(paths, self.root)
         read = read_image_labels(labels, all_ids, classes)
         keep = [n for n, i in enumerate(all_ids) if i in read.labels]
@@ -198,7 +198,7 @@ class LabelledFolder(Dataset):
         }
 
 
-def _inside(path: Path, folder: Path | None) -> bool:
+def inside(path: Path, folder: Path | None) -> bool:
     if folder is None:
         return False
     try:

@@ -309,11 +309,12 @@ def _train_only(cfg, run, train_ds, device, metrics) -> dict:
 def _report(cfg: Config, run: RunDir, results: dict, eval_name: str | None = None) -> dict:
     """The results table (markdown and log) and summary.json."""
     eval_name = eval_name or cfg.data.eval_split
+    quality_on = "train split" if cfg.data.format != "folder" else eval_name
     compare = "gt" in results
     lines = [
         "| model | mIoU (all classes) | FB-IoU |",
         "| --- | ---: | ---: |",
-        f"| pseudo-masks themselves (train split vs GT) | "
+        f"| pseudo-masks themselves ({quality_on} vs GT) | "
         f"{100 * results['pseudo_mask_quality_train']['miou']:.1f} | "
         f"{100 * results['pseudo_mask_quality_train']['fb_iou']:.1f} |",
         f"| decoder trained on pseudo-masks ({eval_name}) | "

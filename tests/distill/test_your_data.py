@@ -1,4 +1,5 @@
-"""Your own folder through every stage: pretrain -> distill (weak, mixed) -> distill.segment.
+"""Your own folder through every stage: pretrain -> distill (weak, mixed) -> distill.segment
+-> fewshot with your own folds.
 
 The folder is laid out as a user keeps it (tests/distill/user_folder.py): JPEG and PNG of
 150-500 px in nested folders with a symlink, labels.csv, ten masks in their own folder.
@@ -21,6 +22,7 @@ from common.config import load_config
 from common.datasets.palette import read_mask
 from distill.segment.stage import run as segment_run
 from distill.stage import run as distill_run
+from fewshot.stage import run as fewshot_run
 from pretrain.stage import run as pretrain_run
 from tests.distill.user_folder import build_user_folder, tree_digest
 from tests.pretrain.conftest import TINY as PRETRAIN_TINY
@@ -75,7 +77,7 @@ def test_your_folder_through_every_stage(user, fashion_scenes_root, tmp_path, ca
     assert len(sizes) == 30 and len(set(sizes.values())) > 20
 
     pre = load_config(
-        "pretrain", None, [*PRETRAIN_TINY, f"data.root={user / 'photos'}", "train.max_steps=3"]
+        "pretrain", None, [*PRETRAIN_TINY, f"data.root={user / 'photos'}", "train.max_steps=2"]
     )
     run_stage("pretrain", pretrain_run, pre, tmp_path / "pretrain")
     assert "found 30 images under" in caplog.text and "skipped 1 macOS ._ files" in caplog.text
@@ -121,14 +123,14 @@ def test_your_folder_through_every_stage(user, fashion_scenes_root, tmp_path, ca
         == sizes["street/img_017"]
     )
 
-    # The WSSS model on the mixed pseudo-masks, scored on the ten real masks.
+    # The WSSS model on the weak pseudo-masks, scored on the ten real masks.
     seg_cfg = load_config(
         "distill/segment",
         None,
         [
             backbone,
             "device=cpu",
-            f"pseudo_masks={tmp_path / 'mixed/pseudo_masks/mixed'}",
+            f"pseudo_masks={tmp_path / 'weak/pseudo_masks/weak'}",
             *_folder(user, f"data.masks={user / 'masks'}", "data.image_size=48", classes),
             "train.max_steps=4",
             "train.batch_size=8",
@@ -137,7 +139,46 @@ def test_your_folder_through_every_stage(user, fashion_scenes_root, tmp_path, ca
     )
     results = run_stage("distill.segment", segment_run, seg_cfg, tmp_path / "segment")
     assert 0.0 <= results["pseudo"]["miou"] <= 1.0
-    assert results["pseudo_mask_quality_train"]["miou"] > 0.5  # ten of them are ground truth
+    quality = results["pseudo_mask_quality_train"]  # weak masks of the ten vs their masks
+    assert 0.0 < quality["miou"] < 1.0 and 0.0 < quality["fb_iou"] < 1.0
     assert json.loads((tmp_path / "segment/summary.json").read_text())["pseudo"]["steps"] == 4
+
+    # Few-shot episodes: trained on the mixed pseudo-masks, tested on the ten real masks,
+    # with the user's own two folds (classes named as in labels.csv).
+    fs_cfg = load_config(
+        "fewshot",
+        None,
+        [
+            backbone,
+            "device=cpu",
+            "supervision=mixed",
+            f"pseudo_masks={tmp_path / 'mixed'}",
+            "data.format=folder",
+            f"data.root={user / 'photos'}",
+            f"data.masks={user / 'masks'}",
+            classes,
+            "data.folds=[[Dress,Ankle boot],[Bag,Shirt,Sneaker]]",
+            "data.val_fraction=0",
+            "data.image_size=32",
+            "head.channels=[16,32]",
+            "head.pool_sizes=[2,2]",
+            "head.attn_heads=2",
+            "train.max_steps=2",
+            "episodes.val_episodes=4",
+            "episodes.test_episodes=4",
+            "baselines.random_backbone=false",
+            "baselines.prototype=false",
+            "eval.visualize=0",
+            "threads=1",
+        ],
+    )
+    fs = run_stage("fewshot", fewshot_run, fs_cfg, tmp_path / "fewshot")
+    assert fs["setting"]["test_classes"] == [4, 10]
+    assert fs["setting"]["train_classes"] == [1, 2, 3, 5, 6, 7, 8, 9]
+    assert (
+        "classes T-shirt/top (1), Trouser (2), Pullover (3), Coat (5), Sandal (6) are in no "
+        "fold of data.folds: they are training classes of every fold and never tested"
+    ) in caplog.text
+    assert "1way" in fs["test"]
 
     assert tree_digest(user) == before  # nothing written into the user's folders
