@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from common.datasets.errors import CorruptDataError, DatasetNotFoundError
 from common.datasets.folder import list_images, load_image
 from common.datasets.items import as_hw, labels_of_mask, segmentation_item
-from common.datasets.labelled_folder import inside, find_masks
+from common.datasets.labelled_folder import find_masks, inside
 from common.datasets.labels import image_key
 from common.datasets.palette import read_mask
 

@@ -1,10 +1,11 @@
 """Pascal VOC-layout segmentation sets: Pascal VOC 2012 (+ SBD aug), FashionScenes, pseudo-masks.
 
-Layout: ``JPEGImages/<id>.jpg`` (``.jpeg`` and ``.png`` are read too), ``SegmentationClassAug/<id>.png`` (falls back to VOC's own
-``SegmentationClass/``), ``ImageSets/Segmentation/<split>.txt``, optional ``classes.txt``
-(background first) and, for FashionScenes, ``meta.json`` with per-image labels. Pascal-5i
-with the SBD augmentation lists its 10,582 training ids in ``trainaug.txt`` (some
-distributions call it ``train_aug.txt``; both names are accepted for split 'trainaug').
+Layout: ``JPEGImages/<id>.jpg`` (``.jpeg`` and ``.png`` are read too),
+``SegmentationClassAug/<id>.png`` (falls back to VOC's own ``SegmentationClass/``),
+``ImageSets/Segmentation/<split>.txt``, optional ``classes.txt`` (background first) and,
+for FashionScenes, ``meta.json`` with per-image labels. Pascal-5i with the SBD augmentation
+lists its 10,582 training ids in ``trainaug.txt`` (some distributions call it
+``train_aug.txt``; both names are accepted for split 'trainaug').
 """
 
 from __future__ import annotations
