@@ -278,6 +278,7 @@ def run(cfg: Config, run: RunDir) -> dict:
     check_input_size(info, cfg.attention.image_size, "attention.image_size")
     check_attention_access(model)
     data = open_distill_data(cfg)
+    n_gt = _num_gt_images(cfg, data) if cfg.mixed.enabled else 0  # before any backbone pass
     train_ds = data.train
     metrics = MetricsLogger(run.metrics)
     labeler = PseudoLabeler(model, cfg, device)
@@ -295,9 +296,8 @@ def run(cfg: Config, run: RunDir) -> dict:
     pool = EnhancerPool(labeler, fit, train_ds, order, cfg, run)
     enhancer, gt_idx = None, []
     if cfg.mixed.enabled:
-        n = _num_gt_images(cfg, data)
-        enhancer = pool.get(n, ckpt_name="last.pt")
-        gt_idx = order[:n]
+        enhancer = pool.get(n_gt, ckpt_name="last.pt")
+        gt_idx = order[:n_gt]
     if stop_requested():
         raise Preempted(0)
     out = run.root / "pseudo_masks"
