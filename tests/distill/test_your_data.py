@@ -18,12 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
+from common.backbone import load_backbone
 from common.cli import run_stage
 from common.config import load_config
 from common.datasets.palette import read_mask
 from distill.segment.stage import run as segment_run
 from distill.stage import run as distill_run
 from fewshot.stage import run as fewshot_run
+from pretrain.attention import write_attention_figures
 from pretrain.stage import run as pretrain_run
 from tests.distill.user_folder import build_user_folder, tree_digest
 from tests.pretrain.conftest import TINY as PRETRAIN_TINY
@@ -92,6 +94,13 @@ def test_your_folder_through_every_stage(user, fashion_scenes_root, tmp_path, ca
     run_stage("pretrain", pretrain_run, pre, tmp_path / "pretrain")
     assert "found 30 images under" in caplog.text and "skipped 1 macOS ._ files" in caplog.text
     backbone = f"backbone={tmp_path / 'pretrain'}"
+    model, _ = load_backbone(str(tmp_path / "pretrain"), torch.device("cpu"))
+    twins = [user / "photos/shop/a/photo1.png", user / "photos/shop/b/photo1.jpg"]
+    figures = write_attention_figures(model, twins, tmp_path / "figs", 16)
+    assert [f.relative_to(tmp_path / "figs").as_posix() for f in figures] == [
+        "a/photo1_attention.png",
+        "b/photo1_attention.png",
+    ]
 
     # Weak: labels only, working resolution by short side, no masks anywhere.
     weak_cfg = load_config(
