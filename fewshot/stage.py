@@ -85,7 +85,7 @@ def check_setting(cfg: Config) -> None:
 def fold_split(cfg: Config, class_names: list[str]) -> tuple[list[int], list[int]]:
     """(test classes, train classes) of ``fold``: from data.folds or data.benchmark's scheme;
     classes no fold uses are named in one log line."""
-    where = "data.folds" if cfg.data.folds is not None else f"data.benchmark={cfg.data.benchmark}"
+    where = "data.folds" if cfg.data.folds is not None else cfg.data.benchmark
     try:
         plan, unused = folds.plan_folds(cfg.data.benchmark, cfg.data.folds, class_names)
         test_classes, train_classes = plan.test_classes(cfg.fold), plan.train_classes(cfg.fold)

@@ -100,6 +100,8 @@ class LabelledFolder(Dataset):
         self.root, self.split = Path(root), split
         mask_dir = Path(masks) if masks else None
         paths = [p for p in list_images(self.root) if not inside(p, mask_dir)]
+        if on_corrupt == "skip":
+            paths = readable(paths)
         all_ids = _relative_ids(paths, self.root)
         read = read_image_labels(labels, all_ids, classes)
         keep = [n for n, i in enumerate(all_ids) if i in read.labels]
@@ -196,6 +198,20 @@ class LabelledFolder(Dataset):
             "id": self.ids[index],
             "size": (height, width),
         }
+
+
+def readable(paths: list[Path]) -> list[Path]:
+    """``paths`` without the files PIL cannot identify (``data.on_corrupt=skip``), each
+    logged once: a header check, so it costs no full decode."""
+    keep = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+            keep.append(path)
+        except (OSError, SyntaxError, ValueError) as err:
+            log.warning("skipping unreadable image %s (data.on_corrupt=skip): %s", path, err)
+    return keep
 
 
 def inside(path: Path, folder: Path | None) -> bool:

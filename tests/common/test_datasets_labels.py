@@ -97,3 +97,12 @@ def test_a_mask_of_another_size_is_one_line(tmp_path: Path) -> None:
     ds = LabelledFolder(photos, csv, masks=masks)
     with pytest.raises(DatasetSettingsError, match="is 64x64 but image .*photo1.png is 50x20"):
         ds[1]
+
+
+def test_unreadable_images_are_left_out_with_skip(tmp_path: Path, caplog) -> None:
+    photos, csv, masks = _folder(tmp_path)
+    (photos / "shop/a/photo1.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with caplog.at_level(logging.WARNING):
+        ds = LabelledFolder(photos, csv, masks=masks, on_corrupt="skip")
+    assert ds.ids == ["shop/b/photo1"]
+    assert "skipping unreadable image" in caplog.text and "photo1.jpg" in caplog.text
