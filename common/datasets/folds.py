@@ -107,7 +107,8 @@ def _class_id(value: int | str, class_names: list[str]) -> int:
         return class_names.index(value)
     raise ValueError(
         f"data.folds names class {value!r}, which is not a class of the dataset "
-        f"(ids 1..{len(class_names) - 1}: {', '.join(class_names[1:])})"
+        f"(ids 1..{len(class_names) - 1}: {', '.join(class_names[1:])}); name classes as "
+        "data.classes or the dataset's classes.txt names them"
     )
 
 
