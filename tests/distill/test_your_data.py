@@ -162,6 +162,22 @@ def test_your_folder_through_every_stage(user, fashion_scenes_root, tmp_path, ca
     assert 0.0 < quality["miou"] < 1.0 and 0.0 < quality["fb_iou"] < 1.0
     assert json.loads((tmp_path / "segment/summary.json").read_text())["pseudo"]["steps"] == 4
 
+    # Without any real mask the model is trained and saved, and the log says it is unscored.
+    seg_cfg = load_config(
+        "distill/segment",
+        None,
+        [
+            backbone,
+            "device=cpu",
+            f"pseudo_masks={tmp_path / 'weak/pseudo_masks/weak'}",
+            *_folder(user, "data.image_size=48"),
+            "train.max_steps=1",
+        ],
+    )
+    unscored = run_stage("distill.segment", segment_run, seg_cfg, tmp_path / "segment_unscored")
+    assert "WSSS evaluation: nothing to score against" in caplog.text
+    assert unscored["pseudo"]["steps"] == 1 and "miou" not in unscored["pseudo"]
+
     # Few-shot episodes: trained on the mixed pseudo-masks, tested on the ten real masks,
     # with the user's own two folds (classes named as in labels.csv).
     fs_cfg = load_config(
