@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from common.datasets.errors import CorruptDataError, DatasetNotFoundError
+from common.datasets.folder import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 FOLDERS = "folders"
@@ -39,9 +40,10 @@ class ImageLabels:
 
 def image_key(name: str) -> str:
     """An image reference as an id: a relative posix path without an image extension."""
-    from common.datasets.folder import IMAGE_EXTENSIONS
-
-    path = PurePosixPath(name.strip().replace("\\", "/").lstrip("./"))
+    text = name.strip().replace("\\", "/")
+    while text.startswith(("./", "/")):
+        text = text[1:] if text.startswith("/") else text[2:]
+    path = PurePosixPath(text)
     return str(path.with_suffix("")) if path.suffix.lower() in IMAGE_EXTENSIONS else str(path)
 
 
