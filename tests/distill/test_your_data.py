@@ -21,6 +21,7 @@ from PIL import Image
 from common.backbone import load_backbone
 from common.cli import run_stage
 from common.config import load_config
+from common.datasets.coco import COCOSegmentation
 from common.datasets.palette import read_mask
 from distill.segment.stage import run as segment_run
 from distill.stage import run as distill_run
@@ -217,3 +218,30 @@ def test_your_folder_through_every_stage(user, fashion_scenes_root, tmp_path, ca
     assert "1way" in fs["test"]
 
     assert tree_digest(user) == before  # nothing written into the user's folders
+
+
+def test_coco_images_get_pseudo_masks_at_their_own_size(coco_root, tiny_export, tmp_path):
+    cfg = load_config(
+        "distill",
+        None,
+        [
+            f"backbone={tiny_export}",
+            "device=cpu",
+            "data.format=coco",
+            f"data.root={coco_root}",
+            "data.image_size=32",  # working resolution; the files are 48x32, 40x40, 36x24
+            "mask.head_polarity=none",  # three images, none with a single label
+            "mixed.num_gt_images=2",
+            "train.max_steps=2",
+            "enhancer.eval_every=1",
+            "quality.gt_counts=[2]",
+            "quality.random_backbone=false",
+        ],
+    )
+    out = run_stage("distill", distill_run, cfg, tmp_path / "run")
+    train = COCOSegmentation(coco_root, "train")
+    assert out["images"] == 3 and out["quality"]["eval_images"] == 3
+    for i, name in enumerate(train.ids):
+        for kind in ("weak", "mixed"):
+            mask = read_mask(tmp_path / "run/pseudo_masks" / kind / f"{name}.png")
+            assert mask.shape == train.read_mask(i).shape
