@@ -33,6 +33,7 @@ from fewshot.data import (
     build_pool,
     load_masks,
     open_split,
+    split_ids,
 )
 from fewshot.episodes import CSTEpisodeSampler, Episode, EpisodeSampler
 from fewshot.evaluate import assemble, score
@@ -99,6 +100,21 @@ def fold_split(cfg: Config, class_names: list[str]) -> tuple[list[int], list[int
             f"{len(test_classes)} test classes; use 1 <= way <= {len(test_classes)}"
         )
     return test_classes, train_classes
+
+
+def check_no_shared_images(cfg: Config, train_ds, test_ds) -> None:
+    """Your own folder may serve both splits: safe only while images that show a test class
+    stay out of training (the PFENet protocol, the default)."""
+    if cfg.data.format != "folder" or not cfg.episodes.train_on_test_class_images:
+        return
+    shared = set(split_ids(train_ds)) & set(split_ids(test_ds))
+    if shared:
+        raise ConfigError(
+            f"{len(shared)} images are in both the training and the test split (e.g. "
+            f"{sorted(shared)[0]}), and episodes.train_on_test_class_images=true would train "
+            "on the test images; keep it false, or split them (images/train/ and images/val/, "
+            "or train.txt and val.txt)"
+        )
 
 
 def _layers(cfg: Config, depth: int) -> list[int]:
@@ -364,6 +380,7 @@ def run(cfg: Config, run: RunDir) -> dict:
     class_names = base_dataset(train_ds).class_names
     num_classes = len(class_names)
     test_classes, train_classes = fold_split(cfg, class_names)
+    check_no_shared_images(cfg, train_ds, test_ds)
 
     backbones = {"head": open_backbone(cfg.backbone, device, "fewshot")}
     check_input_size(backbones["head"].info, cfg.data.image_size, "data.image_size")

@@ -20,7 +20,7 @@ from PIL import Image
 
 from common.backbone import load_backbone
 from common.cli import run_stage
-from common.config import load_config
+from common.config import ConfigError, load_config
 from common.datasets.coco import COCOSegmentation
 from common.datasets.palette import read_mask
 from distill.segment.stage import run as segment_run
@@ -181,33 +181,33 @@ def test_your_folder_through_every_stage(user, fashion_scenes_root, tmp_path, ca
 
     # Few-shot episodes: trained on the mixed pseudo-masks, tested on the ten real masks,
     # with the user's own two folds (classes named as in labels.csv).
-    fs_cfg = load_config(
-        "fewshot",
-        None,
-        [
-            backbone,
-            "device=cpu",
-            "supervision=mixed",
-            f"pseudo_masks={tmp_path / 'mixed'}",
-            "data.format=folder",
-            f"data.root={user / 'photos'}",
-            f"data.masks={user / 'masks'}",
-            classes,
-            "data.folds=[[Dress,Ankle boot],[Bag,Shirt,Sneaker]]",
-            "data.val_fraction=0",
-            "data.image_size=32",
-            "head.channels=[16,32]",
-            "head.pool_sizes=[2,2]",
-            "head.attn_heads=2",
-            "train.max_steps=2",
-            "episodes.val_episodes=4",
-            "episodes.test_episodes=4",
-            "baselines.random_backbone=false",
-            "baselines.prototype=false",
-            "eval.visualize=0",
-            "threads=1",
-        ],
-    )
+    fs_args = [
+        backbone,
+        "device=cpu",
+        "supervision=mixed",
+        f"pseudo_masks={tmp_path / 'mixed'}",
+        "data.format=folder",
+        f"data.root={user / 'photos'}",
+        f"data.masks={user / 'masks'}",
+        classes,
+        "data.folds=[[Dress,Ankle boot],[Bag,Shirt,Sneaker]]",
+        "data.val_fraction=0",
+        "data.image_size=32",
+        "head.channels=[16,32]",
+        "head.pool_sizes=[2,2]",
+        "head.attn_heads=2",
+        "train.max_steps=2",
+        "episodes.val_episodes=4",
+        "episodes.test_episodes=4",
+        "baselines.random_backbone=false",
+        "baselines.prototype=false",
+        "eval.visualize=0",
+        "threads=1",
+    ]
+    fs_cfg = load_config("fewshot", None, fs_args)
+    leaky = load_config("fewshot", None, [*fs_args, "episodes.train_on_test_class_images=true"])
+    with pytest.raises(ConfigError, match="in both the training and the test split"):
+        run_stage("fewshot", fewshot_run, leaky, tmp_path / "fewshot_leaky")
     fs = run_stage("fewshot", fewshot_run, fs_cfg, tmp_path / "fewshot")
     assert fs["setting"]["test_classes"] == [4, 10]
     assert fs["setting"]["train_classes"] == [1, 2, 3, 5, 6, 7, 8, 9]
