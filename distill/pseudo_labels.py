@@ -6,16 +6,18 @@ foreground probe, class prototypes) and returns it as a frozen :class:`Fit`;
 pseudo-masks use only image-level labels; mixed ones replace the weak foreground by
 the enhancer's and keep ground truth on the few images that have it. Masks are written as
 VOC palette PNGs (0 background, class ids, 255 ignore) to ``pseudo_masks/<kind>/<id>.png``
-so ``VOCSegmentation(root, split, mask_dir=...)`` reads them in place of ground truth.
+at each image's own size, so ``VOCSegmentation(root, split, mask_dir=...)`` and
+``LabelledFolder(root, labels, masks=...)`` read them in place of ground truth.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -40,12 +42,26 @@ HEAD_POLARITY_MODES = ("search", "none")
 
 @dataclass
 class Batch:
-    """Images [B, 3, H, W], image-level labels, ids and (when known) GT masks [B, H, W]."""
+    """Images [B, 3, H, W], image-level labels, ids, (when known) GT masks [B, H, W] and
+    each image's own (height, width), at which its pseudo-masks are written."""
 
     images: torch.Tensor
     labels: list[list[int]]
     ids: list[str]
     masks: torch.Tensor | None
+    sizes: list[tuple[int, int]] | None = None
+
+
+def _same_size_runs(items: list[dict]) -> Iterator[list[int]]:
+    """Positions of consecutive items of one image size: a batch never mixes sizes."""
+    run: list[int] = []
+    for n, item in enumerate(items):
+        if run and item["image"].shape != items[run[0]]["image"].shape:
+            yield run
+            run = []
+        run.append(n)
+    if run:
+        yield run
 
 
 def iter_batches(
@@ -73,18 +89,17 @@ def iter_batches(
                     "from the split, or set data.empty_labels=background if an empty label "
                     "list means the image shows no object"
                 )
-        sizes = {tuple(it["image"].shape) for it in items}
-        if len(sizes) > 1:
-            raise ValueError(
-                f"images of one batch differ in size ({sorted(sizes)}); set data.image_size "
-                "so every image is resized to one size"
+        # Images of other sizes (no data.image_size) go through the backbone in runs of one
+        # size: slower than one resized batch, but each keeps its own aspect ratio.
+        for run in _same_size_runs(items):
+            part = [items[n] for n in run]
+            yield Batch(
+                images=torch.stack([it["image"] for it in part]),
+                labels=[labels[n] for n in run],
+                ids=[it["id"] for it in part],
+                masks=torch.stack([it["mask"] for it in part]),
+                sizes=[tuple(it.get("size", it["image"].shape[-2:])) for it in part],
             )
-        yield Batch(
-            images=torch.stack([it["image"] for it in items]),
-            labels=labels,
-            ids=[it["id"] for it in items],
-            masks=torch.stack([it["mask"] for it in items]),
-        )
         bar.update(len(chunk))
     bar.close()
 
@@ -208,6 +223,11 @@ class PseudoLabeler:
         images = images.to(self.device)
         if a.image_size:
             size = (a.image_size, a.image_size) if isinstance(a.image_size, int) else a.image_size
+        else:  # the image's size, to the nearest whole number of patches
+            ph, pw = self.model.patch_embed.patch_size
+            h, w = images.shape[-2:]
+            size = (max(ph, round(h / ph) * ph), max(pw, round(w / pw) * pw))
+        if tuple(size) != tuple(images.shape[-2:]):
             images = F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False)
         return extract_attention(self.model, images, a.layers)
 
@@ -294,19 +314,30 @@ def _mirrored(signs: torch.Tensor) -> list[int] | str:
     return (signs < 0).nonzero().flatten().tolist() or "none"
 
 
+def _at_size(mask: torch.Tensor, size: tuple[int, int] | None) -> np.ndarray:
+    """A class mask [h, w] at the image's own ``size`` (nearest: class ids stay exact)."""
+    mask = mask.cpu()
+    if size is not None and tuple(mask.shape) != tuple(size):
+        mask = F.interpolate(mask[None, None].float(), size=tuple(size), mode="nearest")[0, 0]
+    return mask.to(torch.uint8).numpy()
+
+
 def write_pseudo_masks(
     labeler: PseudoLabeler,
     fit: Fit,
     batches: Iterator[Batch],
     out_root: Path,
     enhancer: Enhancer | None = None,
-    gt_ids: set[str] | frozenset[str] = frozenset(),
+    gt_masks: Mapping[str, Callable[[], np.ndarray]] | None = None,
 ) -> dict:
-    """Write ``weak/<id>.png`` (and ``mixed/<id>.png`` with an enhancer) for every batch.
+    """Write ``weak/<id>.png`` (and ``mixed/<id>.png`` with an enhancer) for every batch, at
+    each image's own size; an id with folders (``shop/img1``) keeps them.
 
-    Mixed masks keep the ground truth of the images in ``gt_ids`` (the enhancer's training
-    images). Returns counts of images and of ignored / foreground pixels.
+    Mixed masks of the images in ``gt_masks`` (the enhancer's training images) are their
+    ground truth, read at its own size. Returns counts of images and of ignored /
+    foreground pixels.
     """
+    gt_masks = gt_masks or {}
     stats = {"images": 0, "weak_ignore_fraction": 0.0, "weak_fg_fraction": 0.0}
     pixels = 0
     for batch in batches:
@@ -318,11 +349,11 @@ def write_pseudo_masks(
             prob = predict_foreground(enhancer.to(x.device), x, tuple(batch.images.shape[-2:]))
             mixed = labeler.classes((prob >= 0.5).long(), batch.labels, att, fit)
         for i, name in enumerate(batch.ids):
-            write_mask(out_root / "weak" / f"{name}.png", weak[i].cpu().numpy())
+            size = batch.sizes[i] if batch.sizes else None
+            write_mask(out_root / "weak" / f"{name}.png", _at_size(weak[i], size))
             if mixed is not None:
-                use_gt = name in gt_ids and batch.masks is not None
-                m = batch.masks[i] if use_gt else mixed[i]
-                write_mask(out_root / "mixed" / f"{name}.png", m.cpu().numpy())
+                m = gt_masks[name]() if name in gt_masks else _at_size(mixed[i], size)
+                write_mask(out_root / "mixed" / f"{name}.png", m)
         stats["images"] += len(batch.ids)
         pixels += weak.numel()
         stats["weak_ignore_fraction"] += (weak == IGNORE_INDEX).sum().item()

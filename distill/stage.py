@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 
 import torch
+import torch.nn.functional as F
 
 from common.backbone import build_backbone, check_input_size, load_backbone, source_of
-from common.config import Config
-from common.datasets.voc import VOCSegmentation
+from common.config import Config, ConfigError
 from common.metrics import IGNORE_INDEX
 from common.preemption import Preempted, stop_requested
 from common.rundir import MetricsLogger, RunDir
@@ -18,6 +19,7 @@ from common.runtime import resolve_device
 from distill.attention_maps import check_attention_access, upsample
 from distill.baselines import border_contrast_saliency
 from distill.class_assign import class_scores
+from distill.data import DistillData, check_data_config, open_distill_data
 from distill.enhancer import Enhancer, EnhancerTrainConfig, train_enhancer
 from distill.figures import save_grid
 from distill.mask_rules import otsu_threshold
@@ -90,13 +92,13 @@ class EnhancerPool:
             inputs.append(self.labeler.enhancer_inputs(batch, att, weak_fg).cpu())
             fg = (batch.masks > 0).long()
             fg[batch.masks == IGNORE_INDEX] = IGNORE_INDEX
-            targets.append(fg)
+            targets.extend(fg)
         ckpt = self.run.checkpoints / (ckpt_name or f"enhancer_gt{n}.pt")
         t0 = time.perf_counter()
         signs = self.fit.head_signs
         model, summary = train_enhancer(
             torch.cat(inputs),
-            torch.cat(targets),
+            _one_size(targets, 4 * self.cfg.enhancer.resolution),
             _enhancer_cfg(self.cfg),
             ckpt,
             self.cfg.seed,
@@ -122,6 +124,15 @@ class EnhancerPool:
         return model
 
 
+def _one_size(masks: list[torch.Tensor], side: int) -> torch.Tensor:
+    """Target masks [N, H, W]; images of several sizes are resized (nearest) to side x side,
+    still 4x finer than the enhancer's own grid."""
+    if len({tuple(m.shape) for m in masks}) == 1:
+        return torch.stack(masks)
+    resized = [F.interpolate(m[None, None].float(), size=(side, side)) for m in masks]
+    return torch.cat(resized)[:, 0].long()
+
+
 def _eval_cache(labeler: PseudoLabeler, fit: Fit, dataset, indices: list[int], cfg: Config) -> list:
     """(batch, attention) pairs of the scored eval images, computed once."""
     return [
@@ -143,14 +154,15 @@ def _quality(
     labeler: PseudoLabeler,
     fit: Fit,
     info: dict,
-    train_ds,
-    eval_ds,
+    data: DistillData,
     proto_idx: list[int],
     pool: EnhancerPool | None,
 ) -> dict:
     """Score every method on held-out eval images; write the table, JSON and plot."""
+    train_ds, eval_ds = data.train, data.eval
     nc = eval_ds.num_classes
-    eval_idx = _subset(len(eval_ds), cfg.quality.max_images, cfg.seed)
+    pick = _subset(len(data.eval_indices), cfg.quality.max_images, cfg.seed)
+    eval_idx = [data.eval_indices[i] for i in pick]
     cache = _eval_cache(labeler, fit, eval_ds, eval_idx, cfg)
     rows: list[dict] = []
 
@@ -205,9 +217,8 @@ def _quality(
         "class_assignment": assign,
         "enhancers": pool.summaries if pool is not None else {},
     }
-    write_report(
-        rows, extra, run.root, f"Pseudo-label quality on {len(eval_idx)} {eval_ds.split} images"
-    )
+    what = f"{eval_ds.split} images" if data.benchmark else "images with a mask in data.masks"
+    write_report(rows, extra, run.root, f"Pseudo-label quality on {len(eval_idx)} {what}")
     _figures(cfg, run, labeler, fit, cache, pool)
     return {"rows": rows, **extra}
 
@@ -231,17 +242,44 @@ def _figures(cfg: Config, run: RunDir, labeler: PseudoLabeler, fit: Fit, cache: 
     save_grid(run.figures / "pseudo_masks_eval.png", sub.images, heads, masks, sub.ids)
 
 
+def _num_gt_images(cfg: Config, data: DistillData) -> int:
+    """How many masked images train the enhancer; logs where they come from."""
+    if not data.benchmark:
+        if not data.masked:
+            raise ConfigError(
+                "mixed supervision needs a few real masks: set data.masks to a folder of "
+                "<image id>.png masks, or mixed.enabled=false for weak pseudo-masks only"
+            )
+        log.info(
+            "mixed supervision: the %d images with a mask in %s train the enhancer",
+            len(data.masked),
+            cfg.data.masks,
+        )
+        return len(data.masked)
+    n = cfg.mixed.num_gt_images
+    log.info(
+        "mixed supervision: %d images of split %r drawn at random as ground truth (benchmark "
+        "mode: every image of the split has a mask; on your own data set data.format=folder "
+        "and data.masks)",
+        n,
+        data.train.split,
+    )
+    return n
+
+
 def run(cfg: Config, run: RunDir) -> dict:
     """Write pseudo-masks (weak, and mixed with the enhancer) for the train split and report."""
     source, weights = source_of(cfg.backbone, "distill")
+    check_data_config(cfg.data)
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     model, info = load_backbone(source, device, weights)
     check_input_size(info, cfg.data.image_size, "data.image_size")
     check_input_size(info, cfg.attention.image_size, "attention.image_size")
     check_attention_access(model)
-    train_ds = VOCSegmentation(cfg.data.root, cfg.data.train_split, image_size=cfg.data.image_size)
-    eval_ds = VOCSegmentation(cfg.data.root, cfg.data.eval_split, image_size=cfg.data.image_size)
+    data = open_distill_data(cfg)
+    n_gt = _num_gt_images(cfg, data) if cfg.mixed.enabled else 0  # before any backbone pass
+    train_ds = data.train
     metrics = MetricsLogger(run.metrics)
     labeler = PseudoLabeler(model, cfg, device)
     train_idx = list(range(len(train_ds)))
@@ -253,27 +291,33 @@ def run(cfg: Config, run: RunDir) -> dict:
         train_ds.num_classes,
     )
     # One seeded order of the GT pool: enhancers on 10, 50, 200 images use nested prefixes.
-    perm = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(cfg.seed + 3))
-    order = [train_idx[i] for i in perm.tolist()]
+    perm = torch.randperm(len(data.masked), generator=torch.Generator().manual_seed(cfg.seed + 3))
+    order = [data.masked[i] for i in perm.tolist()]
     pool = EnhancerPool(labeler, fit, train_ds, order, cfg, run)
-    enhancer, gt_ids = None, set()
+    enhancer, gt_idx = None, []
     if cfg.mixed.enabled:
-        n = cfg.mixed.num_gt_images
-        enhancer = pool.get(n, ckpt_name="last.pt")
-        gt_ids = {train_ds.ids[i] for i in order[:n]}
+        enhancer = pool.get(n_gt, ckpt_name="last.pt")
+        gt_idx = order[:n_gt]
     if stop_requested():
         raise Preempted(0)
     out = run.root / "pseudo_masks"
     batches = iter_batches(train_ds, train_idx, bs, empty, "pseudo-masks")
-    stats = write_pseudo_masks(labeler, fit, batches, out, enhancer, gt_ids)
-    log.info("wrote %d pseudo-masks to %s", stats["images"], out)
+    gt_masks = {train_ds.ids[i]: partial(train_ds.read_mask, i) for i in gt_idx}
+    stats = write_pseudo_masks(labeler, fit, batches, out, enhancer, gt_masks)
+    log.info("wrote %d pseudo-masks to %s, at each image's own size", stats["images"], out)
     summary: dict = {"pseudo_masks": str(out), **stats}
     if cfg.mixed.enabled:
-        summary["enhancer"] = pool.summaries[cfg.mixed.num_gt_images]
-        summary["gt_images"] = sorted(gt_ids)
-    if cfg.quality.enabled:
+        summary["enhancer"] = pool.summaries[len(gt_idx)]
+        summary["gt_images"] = sorted(gt_masks)
+    if cfg.quality.enabled and data.eval is None:
+        log.info(
+            "quality report: nothing to score against (no masks for an evaluation split; "
+            "give data.masks, or a VOC/COCO eval_split with masks)"
+        )
+    elif cfg.quality.enabled:
+        # On your own folder the masked images also train the enhancer: no enhancer rows.
         summary["quality"] = _quality(
-            cfg, run, labeler, fit, info, train_ds, eval_ds, proto_idx, pool
+            cfg, run, labeler, fit, info, data, proto_idx, pool if data.benchmark else None
         )
     if fit.head_signs is not None:
         summary["head_signs"] = fit.head_signs.tolist()

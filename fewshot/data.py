@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, Subset
 
 from common.datasets.coco import COCOSegmentation
 from common.datasets.items import check_masks_exist
+from common.datasets.mask_folder import MaskFolderSegmentation
 from common.datasets.palette import read_mask
 from common.datasets.voc import VOCSegmentation, labels_of_mask
 from fewshot.cst_weak import LastBlockKeys
@@ -57,16 +58,28 @@ class ImagePool:
         return self.backbone.layer_tokens(images, self.layers)
 
 
-DATASET_FORMATS = {"voc": VOCSegmentation, "coco": COCOSegmentation}
+DATASET_FORMATS = {
+    "voc": VOCSegmentation,
+    "coco": COCOSegmentation,
+    "folder": MaskFolderSegmentation,
+}
 
 
 def open_split(
-    root: str | Path, split: str, image_size: int, max_images: int | None, fmt: str = "voc"
+    root: str | Path,
+    split: str,
+    image_size: int,
+    max_images: int | None,
+    fmt: str = "voc",
+    **folder_kw,
 ) -> Dataset:
-    """The first ``max_images`` items of a split (VOC layout or COCO 2014), resized."""
+    """The first ``max_images`` items of a split (VOC layout, COCO 2014 or an ``images/`` +
+    ``masks/`` folder: ``folder_kw`` are its ``mask_dir``, ``gt_masks``, ``class_names``),
+    resized."""
     if fmt not in DATASET_FORMATS:
         raise ValueError(f"data.format must be one of {sorted(DATASET_FORMATS)}, got {fmt!r}")
-    ds = DATASET_FORMATS[fmt](root, split, image_size=image_size)
+    kw = folder_kw if fmt == "folder" else {}
+    ds = DATASET_FORMATS[fmt](root, split, image_size=image_size, **kw)
     if max_images is not None and max_images < len(ds):
         return Subset(ds, range(max_images))
     return ds

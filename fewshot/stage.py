@@ -33,6 +33,7 @@ from fewshot.data import (
     build_pool,
     load_masks,
     open_split,
+    split_ids,
 )
 from fewshot.episodes import CSTEpisodeSampler, Episode, EpisodeSampler
 from fewshot.evaluate import assemble, score
@@ -66,8 +67,8 @@ def resolve_pseudo_masks(path: str | None, kind: str) -> Path:
     )
 
 
-def check_setting(cfg: Config) -> tuple[list[int], list[int]]:
-    """Validate fold / way / shot / supervision early; returns (test classes, train classes)."""
+def check_setting(cfg: Config) -> None:
+    """Validate way / shot / supervision / protocol before any data is read."""
     if cfg.supervision not in SUPERVISION:
         raise ConfigError(f"supervision must be one of {SUPERVISION}, got {cfg.supervision!r}")
     if cfg.protocol not in PROTOCOLS:
@@ -77,20 +78,43 @@ def check_setting(cfg: Config) -> tuple[list[int], list[int]]:
             "episodes.eval_support_masks must be gt or train, got "
             f"{cfg.episodes.eval_support_masks!r}"
         )
-    try:
-        test_classes = folds.fold_classes(cfg.data.benchmark, cfg.fold)
-        train_classes = folds.train_classes(cfg.data.benchmark, cfg.fold)
-    except ValueError as exc:
-        raise ConfigError(f"{exc} (set fold=...)") from None
-    if not 1 <= cfg.way <= len(test_classes):
-        raise ConfigError(
-            f"way={cfg.way} but fold {cfg.fold} of {cfg.data.benchmark} has "
-            f"{len(test_classes)} test classes; use 1 <= way <= {len(test_classes)}"
-        )
     if cfg.shot < 1:
         raise ConfigError(f"shot must be >= 1, got {cfg.shot}")
     source_of(cfg.backbone, "fewshot")
+
+
+def fold_split(cfg: Config, class_names: list[str]) -> tuple[list[int], list[int]]:
+    """(test classes, train classes) of ``fold``: from data.folds or data.benchmark's scheme;
+    classes no fold uses are named in one log line."""
+    where = "data.folds" if cfg.data.folds is not None else cfg.data.benchmark
+    try:
+        plan, unused = folds.plan_folds(cfg.data.benchmark, cfg.data.folds, class_names)
+        test_classes, train_classes = plan.test_classes(cfg.fold), plan.train_classes(cfg.fold)
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (set fold=...)" if "fold " in str(exc) else str(exc)) from None
+    if unused:
+        log.warning("%s", unused)
+    if not 1 <= cfg.way <= len(test_classes):
+        raise ConfigError(
+            f"way={cfg.way} but fold {cfg.fold} of {where} has "
+            f"{len(test_classes)} test classes; use 1 <= way <= {len(test_classes)}"
+        )
     return test_classes, train_classes
+
+
+def check_no_shared_images(cfg: Config, train_ds, test_ds) -> None:
+    """Your own folder may serve both splits: safe only while images that show a test class
+    stay out of training (the PFENet protocol, the default)."""
+    if cfg.data.format != "folder" or not cfg.episodes.train_on_test_class_images:
+        return
+    shared = set(split_ids(train_ds)) & set(split_ids(test_ds))
+    if shared:
+        raise ConfigError(
+            f"{len(shared)} images are in both the training and the test split (e.g. "
+            f"{sorted(shared)[0]}), and episodes.train_on_test_class_images=true would train "
+            "on the test images; keep it false, or split them (images/train/ and images/val/, "
+            "or train.txt and val.txt)"
+        )
 
 
 def _layers(cfg: Config, depth: int) -> list[int]:
@@ -313,7 +337,7 @@ def load_pools(
 
 
 def run(cfg: Config, run: RunDir) -> dict:
-    test_classes, train_classes = check_setting(cfg)
+    check_setting(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -330,17 +354,33 @@ def run(cfg: Config, run: RunDir) -> dict:
         )
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run.root / "cache"
     size = cfg.data.image_size
+    # Your own folder: the training split is every image with a supervision mask (the
+    # pseudo-masks under weak / mixed), the test split every image with a real one.
+    folder_kw = {"gt_masks": cfg.data.masks, "class_names": cfg.data.classes}
     try:
         train_ds = open_split(
-            cfg.data.root, cfg.data.train_split, size, cfg.data.max_train_images, cfg.data.format
+            cfg.data.root,
+            cfg.data.train_split,
+            size,
+            cfg.data.max_train_images,
+            cfg.data.format,
+            mask_dir=mask_dir,
+            **folder_kw,
         )
         test_ds = open_split(
-            cfg.data.root, cfg.data.test_split, size, cfg.data.max_test_images, cfg.data.format
+            cfg.data.root,
+            cfg.data.test_split,
+            size,
+            cfg.data.max_test_images,
+            cfg.data.format,
+            **folder_kw,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     class_names = base_dataset(train_ds).class_names
     num_classes = len(class_names)
+    test_classes, train_classes = fold_split(cfg, class_names)
+    check_no_shared_images(cfg, train_ds, test_ds)
 
     backbones = {"head": open_backbone(cfg.backbone, device, "fewshot")}
     check_input_size(backbones["head"].info, cfg.data.image_size, "data.image_size")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -143,10 +144,15 @@ def write_attention_figures(
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     written = []
+    # Named by the path below the images' common folder: two photo1.jpg in different folders
+    # write two figures.
+    common = Path(os.path.commonpath([p.parent.resolve() for p in images])) if images else None
     for path in images:
         image = load_image(path, size if size is not None else native_size(path, patch))
         attn = last_block_attention(model, ((image - mean) / std)[None])["attn"][0]
-        target = out / f"{path.stem}_attention.png"
+        rel = path.parent.resolve().relative_to(common) / path.stem
+        target = out / f"{rel}_attention.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
         attention_figure(image, attn, mass, target)
         written.append(target)
     return written

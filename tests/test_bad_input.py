@@ -99,6 +99,14 @@ def image_folder(fashion_scenes_root: Path, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture(scope="session")
+def user_folder(fashion_scenes_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's own folder: photos/ (nested, a symlink), labels.csv, masks/ (ten)."""
+    from tests.distill.user_folder import build_user_folder
+
+    return build_user_folder(fashion_scenes_root, tmp_path_factory.mktemp("user"), count=12)
+
+
+@pytest.fixture(scope="session")
 def pretrain_run(fashion_scenes_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny pretraining run stopped at step 4 (last.pt, step_2 and step_4 copies)."""
     out = tmp_path_factory.mktemp("pretrain_run") / "run"
@@ -154,6 +162,34 @@ def _fewshot(*extra: str, stage: str = "fewshot") -> Callable[[dict, Path], list
         *(FEWSHOT_TINY if stage == "fewshot" else ["data.image_size=32", "threads=1"]),
         *extra,
     ]
+
+
+def _own_folder(*extra: str, labels: bool = True) -> Callable[[dict, Path], list[str]]:
+    """`distill` on the user's own folder (data.format=folder)."""
+    return lambda f, tmp: [
+        "distill",
+        "--output-dir",
+        str(tmp / "run"),
+        f"backbone={f['exports']['small']}",
+        "data.format=folder",
+        f"data.root={f['user'] / 'photos'}",
+        *([f"data.labels={f['user'] / 'labels.csv'}"] if labels else []),
+        "quality.enabled=false",
+        *extra,
+    ]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _wrong_size_mask(tmp: Path) -> Path:
+    from common.datasets.palette import write_mask
+
+    write_mask(tmp / "masks" / "shop" / "a" / "photo1.png", torch.zeros(64, 64).byte().numpy())
+    return tmp / "masks"
 
 
 CASES = {
@@ -286,6 +322,58 @@ CASES = {
         lambda f, tmp: ["pretrain.export", str(tmp), "--checkpoint", str(evil_checkpoint(tmp))],
         lambda f, tmp: [str(tmp / "evil.pt"), "posix.mkdir", "refused"],
     ),
+    "own folder: data.labels missing": Case(
+        _own_folder(labels=False),
+        lambda f, tmp: ["data.format=folder needs data.labels"],
+        lambda f, tmp: [f["user"]],
+    ),
+    "own folder: labels.csv without its header": Case(
+        lambda f, tmp: _own_folder(
+            "data.labels=" + str(_write(tmp / "bad.csv", "file,class\nx.jpg,cat\n"))
+        )(f, tmp),
+        lambda f, tmp: [str(tmp / "bad.csv"), "image,labels"],
+        lambda f, tmp: [f["user"]],
+    ),
+    "own folder: mixed supervision without masks": Case(
+        _own_folder(),
+        lambda f, tmp: ["mixed supervision needs a few real masks", "data.masks"],
+        lambda f, tmp: [f["user"]],
+    ),
+    "own folder: a mask of another size": Case(
+        lambda f, tmp: _own_folder(f"data.masks={_wrong_size_mask(tmp)}")(f, tmp),
+        lambda f, tmp: ["is 64x64 but image", "photo1"],
+        lambda f, tmp: [f["user"]],
+    ),
+    "own folder: a corrupt image": Case(
+        lambda f, tmp: _own_folder(
+            f"data.root={f['images']}",
+            "data.labels="
+            + str(
+                _write(
+                    tmp / "labels.csv",
+                    "image,labels\n"
+                    + "".join(f"{p.name},cat\n" for p in sorted(f["images"].glob("*.jpg"))),
+                )
+            ),
+            "mixed.enabled=false",
+        )(f, tmp),
+        lambda f, tmp: [str(f["images"] / "broken.jpg"), "data.on_corrupt=skip"],
+        lambda f, tmp: [f["images"]],
+    ),
+    "fewshot: a benchmark's folds on fewer classes": Case(
+        lambda f, tmp: [
+            "fewshot",
+            "--output-dir",
+            str(tmp / "run"),
+            f"backbone={f['exports']['small']}",
+            "data.format=folder",
+            f"data.root={f['user'] / 'photos'}",
+            f"data.masks={f['user'] / 'masks'}",
+            "data.benchmark=pascal",
+            *FEWSHOT_TINY,
+        ],
+        lambda f, tmp: ["data.benchmark=pascal splits 20 classes", "data.folds"],
+    ),
     "launch: unknown stage": Case(
         lambda f, tmp: ["launch", "pretrian", "--output-dir", str(tmp / "run")],
         lambda f, tmp: ["pretrian", "pretrain"],
@@ -308,12 +396,13 @@ CASES = {
 
 
 @pytest.fixture
-def fixtures(fashion_scenes_root, exports, mixed_export, image_folder) -> dict:
+def fixtures(fashion_scenes_root, exports, mixed_export, image_folder, user_folder) -> dict:
     return {
         "scenes": fashion_scenes_root,
         "exports": exports,
         "mixed": mixed_export,
         "images": image_folder,
+        "user": user_folder,
     }
 
 

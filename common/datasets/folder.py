@@ -1,9 +1,17 @@
-"""Unlabeled image folders (ImageNet-style trees or a folder of your own images)."""
+"""Image folders as users have them: the one reader every stage lists images with.
+
+Symlinked files and folders are followed (a link back to a folder already walked is not
+walked twice, so a loop cannot hang the listing), hidden files and folders (``.name``,
+including macOS ``._name`` resource forks) are skipped and counted, and the count of images
+found and skipped is logged once per listing.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +26,83 @@ log = logging.getLogger(__name__)
 
 ON_CORRUPT = ("error", "skip")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+SKIP_HINT = "or set data.on_corrupt=skip to leave unreadable images out"
 
 
-def list_images(root: str | Path) -> list[Path]:
-    """Image files under ``root`` (recursive, by extension, case-insensitive), sorted."""
+@dataclass
+class Listing:
+    """Image files under a root and what was passed over, by reason."""
+
+    images: list[Path]
+    hidden: int = 0  # .name files and everything under .name folders
+    resource_forks: int = 0  # macOS ._name files
+    not_images: int = 0  # files without an image extension
+    loops: list[Path] = field(default_factory=list)  # linked folders already walked
+
+    def summary(self, root: Path) -> str:
+        skipped = [
+            f"{self.resource_forks} macOS ._ files" if self.resource_forks else "",
+            f"{self.hidden} hidden files" if self.hidden else "",
+            f"{self.not_images} files that are not images" if self.not_images else "",
+            f"{len(self.loops)} linked folders already walked" if self.loops else "",
+        ]
+        skipped = [s for s in skipped if s]
+        return f"{len(self.images)} images under {root}" + (
+            f"; skipped {', '.join(skipped)}" if skipped else ""
+        )
+
+
+def _count_hidden(folder: Path) -> int:
+    """Files under a hidden folder (not followed into links: only a count for the log)."""
+    return sum(len(files) for _, _, files in os.walk(folder))
+
+
+def walk_images(root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> Listing:
+    """Image files under ``root`` (recursive, following symlinks once, by extension,
+    case-insensitive), sorted by path, with the counts of what was skipped."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetNotFoundError(f"image folder {root} does not exist or is not a folder")
-    files = sorted(
-        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
-    if not files:
+    listing = Listing(images=[])
+    seen: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:
+            listing.loops.append(Path(folder))
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        for d in [d for d in dirs if d.startswith(".")]:
+            listing.hidden += _count_hidden(Path(folder) / d)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            path = Path(folder) / name
+            if name.startswith("._"):
+                listing.resource_forks += 1
+            elif name.startswith("."):
+                listing.hidden += 1
+            elif path.suffix.lower() not in extensions or not path.is_file():
+                listing.not_images += 1
+            else:
+                listing.images.append(path)
+    listing.images.sort()
+    return listing
+
+
+def list_images(
+    root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, quiet: bool = False
+) -> list[Path]:
+    """Image files under ``root`` (see :func:`walk_images`), sorted; the counts are logged."""
+    root = Path(root)
+    listing = walk_images(root, extensions)
+    if not listing.images:
         raise DatasetNotFoundError(
-            f"no images under {root} (looked recursively for {', '.join(IMAGE_EXTENSIONS)}); "
+            f"no images under {root} (looked recursively for {', '.join(extensions)}); "
             "point data.root at a folder that holds images"
         )
-    return files
+    if not quiet:
+        log.info("found %s", listing.summary(root))
+    return listing.images
 
 
 def check_on_corrupt(value: str) -> None:
@@ -42,12 +111,20 @@ def check_on_corrupt(value: str) -> None:
         raise ConfigError(f"data.on_corrupt must be one of {ON_CORRUPT}, got {value!r}")
 
 
+def load_image(path: Path) -> Image.Image:
+    """:func:`load_rgb` whose error also names ``data.on_corrupt=skip``."""
+    try:
+        return load_rgb(path)
+    except CorruptDataError as err:
+        raise CorruptDataError(f"{err}, {SKIP_HINT}") from err
+
+
 class ImageFolderUnlabeled(Dataset):
     """Every image under ``root``; items are ``{"image": transform(PIL RGB), "path": str}``.
 
     A corrupt or unreadable image is never silent: ``on_corrupt='error'`` raises
-    CorruptDataError naming it; ``'skip'`` logs its path once (per process) with the count
-    skipped so far, and returns the next readable image instead.
+    CorruptDataError naming it and ``data.on_corrupt=skip``; ``'skip'`` logs its path once
+    (per process) with the count skipped so far, and returns the next readable image instead.
     """
 
     def __init__(
@@ -71,7 +148,7 @@ class ImageFolderUnlabeled(Dataset):
         for offset in range(len(self.paths)):
             path = self.paths[(index + offset) % len(self.paths)]
             try:
-                image = load_rgb(path)
+                image = load_image(path)
             except (CorruptDataError, DatasetNotFoundError):
                 if self.on_corrupt == "error":
                     raise

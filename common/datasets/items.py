@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from common.datasets.decode import to_rgb
 from common.datasets.errors import CorruptDataError, DatasetNotFoundError
 from common.datasets.palette import IGNORE_INDEX
 
@@ -20,7 +21,7 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise DatasetNotFoundError(f"image {path} does not exist")
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return to_rgb(image)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         raise CorruptDataError(f"cannot decode image {path}: {err}; replace or remove it") from err
 
@@ -30,7 +31,12 @@ def check_masks_exist(mask_dir: Path, ids: Sequence[str], what: str, fix: str) -
     if not mask_dir.is_dir():
         raise DatasetNotFoundError(f"mask folder {mask_dir} does not exist")
     present = {p.name for p in mask_dir.iterdir()}
-    missing = [i for i in ids if f"{i}.png" not in present]
+    # Ids with folders (your own data: shop/a/img1) name masks in the same subfolders.
+    missing = [
+        i
+        for i in ids
+        if f"{i}.png" not in present and not ("/" in i and (mask_dir / f"{i}.png").is_file())
+    ]
     if missing:
         raise DatasetNotFoundError(
             f"{len(missing)} of {len(ids)} {what} have no mask in {mask_dir} "
@@ -68,7 +74,7 @@ def segmentation_item(
     image_path: Path,
     mask_source: str,
 ) -> dict:
-    """``{"image", "mask", "labels", "id"}`` after checking sizes and optionally resizing.
+    """``{"image", "mask", "labels", "id", "size"}`` after checking sizes, optionally resized.
 
     Images are resized bilinearly, masks by nearest neighbour so class ids stay exact.
     """
@@ -78,6 +84,7 @@ def segmentation_item(
             f"{image.width}x{image.height}; masks must match their image (regenerate the mask "
             "at the image's size)"
         )
+    size = (image.height, image.width)
     if image_size is not None:
         height, width = image_size
         image = image.resize((width, height), Image.BILINEAR)
@@ -87,6 +94,7 @@ def segmentation_item(
         "mask": torch.from_numpy(mask.astype(np.int64)),
         "labels": labels_of_mask(mask),
         "id": name,
+        "size": size,  # the file's own (height, width): outputs are written back at it
     }
 
 

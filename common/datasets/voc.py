@@ -1,15 +1,17 @@
 """Pascal VOC-layout segmentation sets: Pascal VOC 2012 (+ SBD aug), FashionScenes, pseudo-masks.
 
-Layout: ``JPEGImages/<id>.jpg``, ``SegmentationClassAug/<id>.png`` (falls back to VOC's own
-``SegmentationClass/``), ``ImageSets/Segmentation/<split>.txt``, optional ``classes.txt``
-(background first) and, for FashionScenes, ``meta.json`` with per-image labels. Pascal-5i
-with the SBD augmentation lists its 10,582 training ids in ``trainaug.txt`` (some
-distributions call it ``train_aug.txt``; both names are accepted for split 'trainaug').
+Layout: ``JPEGImages/<id>.jpg`` (``.jpeg`` and ``.png`` are read too),
+``SegmentationClassAug/<id>.png`` (falls back to VOC's own ``SegmentationClass/``),
+``ImageSets/Segmentation/<split>.txt``, optional ``classes.txt`` (background first) and,
+for FashionScenes, ``meta.json`` with per-image labels. Pascal-5i with the SBD augmentation
+lists its 10,582 training ids in ``trainaug.txt`` (some distributions call it
+``train_aug.txt``; both names are accepted for split 'trainaug').
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -126,6 +128,15 @@ class VOCSegmentation(Dataset):
         self._check_masks_exist()
         self._labels: dict[int, list[int]] = {}
         self._meta_labels = self._read_meta_labels()
+        self._other_images = self._non_jpg_images()
+
+    def _non_jpg_images(self) -> dict[str, str]:
+        """``{id: file name}`` of the images stored as .jpeg or .png (VOC's own are .jpg)."""
+        return {
+            name.rsplit(".", 1)[0]: name
+            for name in os.listdir(self.image_dir)
+            if name.lower().endswith((".jpeg", ".png")) and not name.startswith(".")
+        }
 
     def _default_mask_dir(self, required: bool) -> Path | None:
         for name in ("SegmentationClassAug", "SegmentationClass"):
@@ -156,7 +167,8 @@ class VOCSegmentation(Dataset):
         return len(self.ids)
 
     def image_path(self, index: int) -> Path:
-        return self.image_dir / f"{self.ids[index]}.jpg"
+        name = self.ids[index]
+        return self.image_dir / self._other_images.get(name, f"{name}.jpg")
 
     def mask_path(self, index: int) -> Path:
         return self.mask_dir / f"{self.ids[index]}.png"

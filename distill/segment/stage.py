@@ -17,17 +17,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from common.backbone import check_input_size, load_backbone, source_of
 from common.config import Config, ConfigError
+from common.datasets.errors import DatasetNotFoundError
 from common.datasets.voc import VOCSegmentation
 from common.metrics import IGNORE_INDEX, SegmentationMeter
 from common.optim import cosine_decay
 from common.rundir import MetricsLogger, RunDir
 from common.runtime import resolve_device
 from common.train_loop import Checkpointing, TrainLoop
+from distill.data import check_data_config, open_folder
 from distill.figures import save_grid
 from distill.losses.scd import SCDLoss
 from distill.segment.model import SegmentationModel
@@ -36,7 +38,18 @@ log = logging.getLogger(__name__)
 
 
 def _collate(items: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.stack([it["image"] for it in items]), torch.stack([it["mask"] for it in items])
+    """Stacked images and masks; a batch of several sizes (no data.image_size) is resized to
+    its first image's size (bilinear images, nearest masks) instead of failing."""
+    h, w = items[0]["image"].shape[-2:]
+    images, masks = [], []
+    for it in items:
+        image, mask = it["image"], it["mask"]
+        if image.shape[-2:] != (h, w):
+            image = F.interpolate(image[None], size=(h, w), mode="bilinear")[0]
+            mask = F.interpolate(mask[None, None].float(), size=(h, w))[0, 0].long()
+        images.append(image)
+        masks.append(mask)
+    return torch.stack(images), torch.stack(masks)
 
 
 def _one_hot(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -152,10 +165,11 @@ def evaluate(
     return meter, confusion, first
 
 
-def mask_quality(pseudo: VOCSegmentation, gt: VOCSegmentation) -> dict:
-    """The pseudo-masks' own mIoU (all classes, ignore counted as background) vs ground truth."""
+def mask_quality(pseudo, gt, indices: list[int] | None = None) -> dict:
+    """The pseudo-masks' own mIoU (all classes, ignore counted as background) vs ground truth,
+    on the items ``indices`` of both (all by default)."""
     meter = SegmentationMeter(gt.num_classes, exclude_background=False)
-    for i in range(len(gt)):
+    for i in indices if indices is not None else range(len(gt)):
         p = torch.from_numpy(pseudo.read_mask(i).astype(np.int64))
         g = torch.from_numpy(gt.read_mask(i).astype(np.int64))
         if p.shape != g.shape:
@@ -231,6 +245,8 @@ def run(cfg: Config, run: RunDir) -> dict:
         raise ConfigError(
             "distill.segment needs pseudo_masks=<distill run>/pseudo_masks/weak (or mixed)"
         )
+    if cfg.data.format == "folder":
+        return _run_folder(cfg, run)
     device = resolve_device(cfg.device)
     size = cfg.data.image_size
     pseudo_ds = VOCSegmentation(
@@ -244,18 +260,69 @@ def run(cfg: Config, run: RunDir) -> dict:
     results["pseudo"] = _train_and_eval(cfg, run, "pseudo", pseudo_ds, eval_ds, device, metrics)
     if cfg.compare_gt:
         results["gt"] = _train_and_eval(cfg, run, "gt", gt_train, eval_ds, device, metrics)
+    return _report(cfg, run, results)
+
+
+def _run_folder(cfg: Config, run: RunDir) -> dict:
+    """Your own folder: train on the pseudo-masks of every labelled image; score on the
+    images with a real mask in data.masks (the pseudo-masks of those are mostly their own
+    ground truth with mixed supervision, so the score is an optimistic one)."""
+    check_data_config(cfg.data)
+    device = resolve_device(cfg.device)
+    pseudo_ds = open_folder(cfg, masks=cfg.pseudo_masks)
+    missing = [pseudo_ds.ids[i] for i in range(len(pseudo_ds)) if not pseudo_ds.has_mask(i)]
+    if missing:
+        raise DatasetNotFoundError(
+            f"{len(missing)} of {len(pseudo_ds)} labelled images have no pseudo-mask in "
+            f"{cfg.pseudo_masks} (e.g. {missing[0]}.png); point pseudo_masks at the distill run "
+            "made from this folder and labels"
+        )
+    metrics = MetricsLogger(run.metrics)
+    results: dict = {"pseudo_masks": str(cfg.pseudo_masks)}
+    gt_ds = open_folder(cfg) if cfg.data.masks else None
+    scored = [i for i in range(len(gt_ds)) if gt_ds.has_mask(i)] if gt_ds is not None else []
+    if not scored:
+        log.info(
+            "WSSS evaluation: nothing to score against (no masks in data.masks); the model is "
+            "trained and saved, unscored"
+        )
+        torch.manual_seed(cfg.seed)
+        results["pseudo"] = _train_only(cfg, run, pseudo_ds, device, metrics)
+        (run.root / "summary.json").write_text(json.dumps(results, indent=2))
+        return results
+    results["pseudo_mask_quality_train"] = mask_quality(pseudo_ds, gt_ds, scored)
+    eval_ds = Subset(gt_ds, scored)
+    eval_ds.num_classes, eval_ds.class_names = gt_ds.num_classes, gt_ds.class_names
+    results["pseudo"] = _train_and_eval(cfg, run, "pseudo", pseudo_ds, eval_ds, device, metrics)
+    return _report(cfg, run, results, eval_name=f"{len(scored)} images with masks")
+
+
+def _train_only(cfg, run, train_ds, device, metrics) -> dict:
+    source, weights = source_of(cfg.backbone, "distill.segment")
+    backbone, _ = load_backbone(source, device, weights)
+    model = SegmentationModel(
+        backbone, train_ds.num_classes, cfg.model.channels, cfg.model.freeze_backbone
+    )
+    return train_model(cfg, model, train_ds, run.checkpoints, metrics, "pseudo", device)
+
+
+def _report(cfg: Config, run: RunDir, results: dict, eval_name: str | None = None) -> dict:
+    """The results table (markdown and log) and summary.json."""
+    eval_name = eval_name or cfg.data.eval_split
+    quality_on = "train split" if cfg.data.format != "folder" else eval_name
+    compare = "gt" in results
     lines = [
         "| model | mIoU (all classes) | FB-IoU |",
         "| --- | ---: | ---: |",
-        f"| pseudo-masks themselves (train split vs GT) | "
+        f"| pseudo-masks themselves ({quality_on} vs GT) | "
         f"{100 * results['pseudo_mask_quality_train']['miou']:.1f} | "
         f"{100 * results['pseudo_mask_quality_train']['fb_iou']:.1f} |",
-        f"| decoder trained on pseudo-masks ({cfg.data.eval_split}) | "
+        f"| decoder trained on pseudo-masks ({eval_name}) | "
         f"{100 * results['pseudo']['miou']:.1f} | {100 * results['pseudo']['fb_iou']:.1f} |",
     ]
-    if cfg.compare_gt:
+    if compare:
         lines.append(
-            f"| decoder trained on GT masks, upper bound ({cfg.data.eval_split}) | "
+            f"| decoder trained on GT masks, upper bound ({eval_name}) | "
             f"{100 * results['gt']['miou']:.1f} | {100 * results['gt']['fb_iou']:.1f} |"
         )
     table = "\n".join(lines)

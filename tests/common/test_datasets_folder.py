@@ -1,4 +1,4 @@
-"""Unlabeled image folders: listing, corrupt images skipped with a warning or raised."""
+"""Image folders: listing (links, hidden files, counts), decoding, corrupt images."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from common.datasets.errors import CorruptDataError, DatasetNotFoundError
-from common.datasets.folder import ImageFolderUnlabeled
+from common.datasets.folder import ImageFolderUnlabeled, list_images, load_image, walk_images
 
 
 def _tree(root: Path) -> Path:
@@ -56,3 +56,50 @@ def test_empty_or_missing_folder_is_an_error(tmp_path: Path) -> None:
         ImageFolderUnlabeled(tmp_path / "missing")
     with pytest.raises(ValueError, match="data.on_corrupt"):
         ImageFolderUnlabeled(tmp_path, on_corrupt="ignore")
+
+
+def test_symlinks_followed_once_hidden_files_skipped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, outside = tmp_path / "photos", tmp_path / "outside"
+    (root / "a").mkdir(parents=True)
+    outside.mkdir()
+    for path in (root / "a" / "x.jpg", outside / "y.png"):
+        Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(path)
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    (root / "a" / "loop").symlink_to(root, target_is_directory=True)  # would walk forever
+    (root / "a" / "._x.jpg").write_bytes(b"\x00\x05\x16\x07")  # macOS resource fork
+    (root / ".cache").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / ".cache" / "thumb.jpg")
+    (root / "a" / "notes.txt").write_text("x")
+    with caplog.at_level(logging.INFO):
+        paths = list_images(root)
+    assert [p.relative_to(root).as_posix() for p in paths] == ["a/x.jpg", "linked/y.png"]
+    listing = walk_images(root)
+    assert (listing.resource_forks, listing.hidden, listing.not_images) == (1, 1, 1)
+    assert [p.name for p in listing.loops] == ["loop"]
+    assert (
+        f"found 2 images under {root}; skipped 1 macOS ._ files, 1 hidden files, 1 files that "
+        "are not images, 1 linked folders already walked"
+    ) in caplog.text
+
+
+def test_16_bit_and_palette_images_decode_to_their_real_colours(tmp_path: Path) -> None:
+    grey16 = np.array([[0, 257 * 64], [257 * 128, 65535]], dtype=np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as im:
+        assert im.mode.startswith("I")  # what a 16-bit PNG opens as
+    rgb = np.asarray(load_image(tmp_path / "deep.png"))
+    assert rgb[..., 0].tolist() == [[0, 64], [128, 255]]  # not clipped to white
+    palette = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), mode="P")
+    palette.putpalette([10, 20, 30, 200, 100, 50] + [0] * 762)
+    palette.info["transparency"] = 0
+    palette.save(tmp_path / "pal.png", transparency=0)
+    rgb = np.asarray(load_image(tmp_path / "pal.png"))
+    assert rgb[0, 1].tolist() == [200, 100, 50] and rgb[0, 0].tolist() == [10, 20, 30]
+
+
+def test_corrupt_image_error_names_the_skip_setting(tmp_path: Path) -> None:
+    data = ImageFolderUnlabeled(_tree(tmp_path), on_corrupt="error")
+    with pytest.raises(CorruptDataError, match="data.on_corrupt=skip"):
+        data[3]

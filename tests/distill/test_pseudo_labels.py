@@ -2,11 +2,14 @@
 
 from dataclasses import FrozenInstanceError
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from common.backbone import load_backbone
 from common.config import ConfigError, load_config
+from common.datasets.labelled_folder import LabelledFolder
 from common.datasets.voc import VOCSegmentation
 from distill.attention_maps import extract_attention, upsample
 from distill.polarity import apply_signs
@@ -83,3 +86,17 @@ def test_removed_keys_are_unknown(tiny_export, fashion_scenes_root):
     for key in ("mask.border_polarity=true", "mask.probe_seed_share=0.2", "assign.rule=prototype"):
         with pytest.raises(ConfigError):
             _labeler(tiny_export, fashion_scenes_root, key)
+
+
+def test_batches_of_mixed_sizes_run_in_same_size_runs_with_each_size(tmp_path):
+    sizes = [(40, 30), (40, 30), (20, 50), (40, 30), (33, 33)]
+    rows = ["image,labels"]
+    for n, (h, w) in enumerate(sizes):
+        Image.fromarray(np.full((h, w, 3), 40 * n, np.uint8)).save(tmp_path / f"im{n}.png")
+        rows.append(f"im{n}.png,cat")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    ds = LabelledFolder(tmp_path, tmp_path / "labels.csv", short_side=16)
+    batches = list(iter_batches(ds, range(len(ds)), batch_size=4))
+    assert [b.ids for b in batches] == [["im0", "im1"], ["im2"], ["im3"], ["im4"]]
+    assert all(len({tuple(i.shape) for i in b.images}) == 1 for b in batches)
+    assert [s for b in batches for s in b.sizes] == sizes
