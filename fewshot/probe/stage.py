@@ -26,6 +26,7 @@ from fewshot.data import base_dataset, cache_key, open_split, read_gt_masks, spl
 from fewshot.features import FrozenBackbone, cached, extract, open_backbone, random_export
 from fewshot.probe.knn import knn_accuracy
 from fewshot.probe.logreg import logreg_probe
+from fewshot.probe.protocols import run as run_protocol
 from fewshot.probe.multilabel import label_matrix, multilabel_probe
 from fewshot.probe.report import accuracy_plot, format_table, summarise
 from fewshot.probe.segmentation import segmentation_probe
@@ -106,7 +107,9 @@ def probe_data(train_ds, test_ds, size: int) -> ProbeData:
     return data
 
 
-def run(cfg: Config, run: RunDir) -> dict:
+def run(cfg: Config, run: RunDir) -> dict | None:
+    if cfg.protocol != "fashion_scenes":
+        return run_protocol(cfg, run)
     source_of(cfg.backbone, "fewshot.probe")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
