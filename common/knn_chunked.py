@@ -23,7 +23,7 @@ def chunk_sizes(num_queries: int, dim: int, memory_mb: float) -> tuple[int, int]
     b = int(budget // (q + dim))
     if b < 256:
         raise ValueError(
-            f"knn memory budget {memory_mb} MB is too small for {q} queries of width {dim}; raise it"
+            f"knn memory budget {memory_mb} MB is too small for {q} queries of width {dim}"
         )
     return q, b
 

@@ -67,7 +67,7 @@ class LabelledImages:
 
     def listing_sha(self) -> str:
         """Hash of the (path, label) list: feature stores are keyed by it."""
-        text = "\n".join(f"{p},{y}" for p, y in zip(self.paths, self.labels.tolist()))
+        text = "\n".join(f"{p},{y}" for p, y in zip(self.paths, self.labels.tolist(), strict=True))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

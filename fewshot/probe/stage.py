@@ -26,8 +26,8 @@ from fewshot.data import base_dataset, cache_key, open_split, read_gt_masks, spl
 from fewshot.features import FrozenBackbone, cached, extract, open_backbone, random_export
 from fewshot.probe.knn import knn_accuracy
 from fewshot.probe.logreg import logreg_probe
-from fewshot.probe.protocols import run as run_protocol
 from fewshot.probe.multilabel import label_matrix, multilabel_probe
+from fewshot.probe.protocols import run as run_protocol
 from fewshot.probe.report import accuracy_plot, format_table, summarise
 from fewshot.probe.segmentation import segmentation_probe
 from fewshot.probe.splits import draw_split, load_or_draw, setting_counts

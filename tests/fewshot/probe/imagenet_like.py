@@ -10,6 +10,7 @@ from PIL import Image
 from common.datasets.fashion_mnist import load_fashion_mnist
 
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]
+NAMES = ["tench", "goldfish", "shark", "ray"]
 EXTENSIONS = [".JPEG", ".jpg", ".jpeg", ".PNG"]
 
 
@@ -35,6 +36,6 @@ def write_imagenet_like(root: Path, train_per_class: int = 6, val_per_class: int
                     folder / f"{wnid}_{offset + n}{ext}", quality=90
                 )
     (root / "labels.txt").write_text(
-        "\n".join(f"{w},{name}" for w, name in zip(WNIDS, ["tench", "goldfish", "shark", "ray"]))
+        "\n".join(f"{w},{name}" for w, name in zip(WNIDS, NAMES, strict=True))
     )
     return root
