@@ -60,13 +60,13 @@ def knn_search(
     k = min(k, n)
     qc, bc = chunk_sizes(len(queries), dim, memory_mb)
     device = torch.device(device)
-    q_all = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    q_all = torch.from_numpy(np.array(queries, dtype=np.float32))  # a copy: stores are read-only
     if normalize:
         q_all = torch.nn.functional.normalize(q_all, dim=1)
     best_s = torch.full((len(queries), 0), -torch.inf)
     best_i = torch.zeros((len(queries), 0), dtype=torch.int64)
     for start in range(0, n, bc):
-        chunk = torch.from_numpy(np.ascontiguousarray(bank[start : start + bc], np.float32))
+        chunk = torch.from_numpy(np.array(bank[start : start + bc], dtype=np.float32))
         chunk = chunk.to(device)
         if normalize:
             chunk = torch.nn.functional.normalize(chunk, dim=1)
