@@ -1,8 +1,10 @@
 """Exact k-nearest neighbours by inner product with memory bounded by a budget, any bank size.
 
 The bank (e.g. a memory-mapped feature store, fp16 or fp32) is read in chunks; each chunk
-is searched for every query (faiss's flat search on the CPU, a matrix product and
-``topk`` on a GPU) and the chunk's best ``k`` are merged into a running top-k per query.
+is searched for every query (a matrix product and ``topk``, on the CPU or a GPU) and the
+chunk's best ``k`` are merged into a running top-k per query. On this project's CPU the
+matrix product with torch's BLAS is faster than faiss's flat search over the same chunk
+(benchmarks/bench_lowshot_scale.py), so faiss is not used here.
 No ``queries x bank`` matrix of the whole bank is ever formed: peak memory is about one
 fp32 bank chunk plus one ``query chunk x bank chunk`` block, both sized from
 ``memory_mb``.
@@ -12,8 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from common.faiss_quiet import faiss
 
 
 def chunk_sizes(num_queries: int, dim: int, memory_mb: float) -> tuple[int, int]:
@@ -37,11 +37,7 @@ def _merge(best_s, best_i, s, i, k):
 
 
 def _chunk_search(q: torch.Tensor, b: torch.Tensor, k: int):
-    if q.device.type == "cpu":
-        s, i = faiss.knn(q.numpy(), b.numpy(), k, faiss.METRIC_INNER_PRODUCT)
-        return torch.from_numpy(s), torch.from_numpy(i)
-    s, i = (q @ b.T).topk(k, dim=1)
-    return s, i
+    return (q @ b.T).topk(k, dim=1)
 
 
 def knn_search(
