@@ -64,8 +64,8 @@ def knn_search(
     for start in range(0, n, bc):
         chunk = torch.from_numpy(np.array(bank[start : start + bc], dtype=np.float32))
         chunk = chunk.to(device)
-        if normalize:
-            chunk = torch.nn.functional.normalize(chunk, dim=1)
+        if normalize:  # in place: a second chunk-sized copy would double the working set
+            chunk.div_(chunk.norm(dim=1, keepdim=True).clamp_min(1e-12))
         kk = min(k, len(chunk))
         parts_s, parts_i = [], []
         for qs in range(0, len(queries), qc):

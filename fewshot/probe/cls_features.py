@@ -46,7 +46,7 @@ def cls_tokens(backbone: FrozenBackbone, images: torch.Tensor, position: str) ->
     return store["x"][:, 0]
 
 
-def split_store(
+def fill_own_shards(
     images: LabelledImages,
     backbone: FrozenBackbone,
     prep: dict,
@@ -56,10 +56,8 @@ def split_store(
     num_workers: int,
     dtype: str,
     shard_size: int,
-    wait_s: float = 10.0,
-) -> np.ndarray | None:
-    """Features [N, C] of ``images`` (memory-mapped), or None on a rank other than 0 of a
-    sharded run once its own shards are written (rank 0 waits for every shard)."""
+) -> FeatureStore:
+    """The store of ``images`` with this rank's shards written (all of them on one rank)."""
     record = {
         "backbone_hash": backbone.hash,
         "preprocess": dict(prep),
@@ -80,9 +78,11 @@ def split_store(
 
     fill(store, compute, env.rank, env.world_size, bar.update)
     bar.close()
-    if env.rank != 0:
-        log.info("rank %d: its shards of %s are written", env.rank, store.dir)
-        return None
+    return store
+
+
+def wait_and_read(store: FeatureStore, wait_s: float = 10.0) -> np.ndarray:
+    """Every row of ``store`` (memory-mapped) once all ranks have written their shards."""
     while not store.complete():
         log.info("waiting for %d shard(s) of other ranks in %s", len(store.missing()), store.dir)
         time.sleep(wait_s)

@@ -24,11 +24,12 @@ import numpy as np
 from common.backbone import check_input_size
 from common.config import Config, ConfigError
 from common.datasets.classification import LabelledImages, open_labelled, split_indices
+from common.distributed import detect_env
 from common.knn_chunked import knn_search, weighted_votes
 from common.rundir import RunDir
 from common.runtime import resolve_device
 from fewshot.features import open_backbone
-from fewshot.probe.cls_features import split_store
+from fewshot.probe.cls_features import fill_own_shards, wait_and_read
 from fewshot.probe.lowshot_logreg import center_normalize, dinov2_c_values, dinov2_sweep, msn_fit
 
 log = logging.getLogger(__name__)
@@ -140,9 +141,9 @@ def run(cfg: Config, run_dir: RunDir) -> dict | None:
     backbone = open_backbone(cfg.backbone, resolve_device(cfg.device), "fewshot.probe")
     check_input_size(backbone.info, section.crop, f"{cfg.protocol}.crop")
     cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir.root / "cache"
-    feats = {}
-    for name, images in (("train", train), ("test", test)):
-        feats[name] = split_store(
+    # Every rank writes its shards of both splits before rank 0 waits for all of them.
+    stores = {
+        name: fill_own_shards(
             images,
             backbone,
             prep,
@@ -153,8 +154,13 @@ def run(cfg: Config, run_dir: RunDir) -> dict | None:
             cfg.store.dtype,
             cfg.store.shard_size,
         )
-        if feats[name] is None:
-            return None  # a rank > 0 of a sharded extraction: rank 0 runs the probe
+        for name, images in (("train", train), ("test", test))
+    }
+    rank = detect_env().rank
+    if rank != 0:
+        log.info("rank %d: its feature shards are written; rank 0 runs the probe", rank)
+        return None
+    feats = {name: wait_and_read(store) for name, store in stores.items()}
     n_cls = len(train.classes)
     per_subset, predictions = {}, {}
     for name, idx in parts.items():

@@ -44,8 +44,8 @@ def vit16(tmp_path_factory):
     return export_backbone(build_backbone(kwargs), kwargs, tmp_path_factory.mktemp("vit16"))
 
 
-def _probe(tmp_path, name: str, *overrides: str) -> dict:
-    out = tmp_path / name
+def _probe(tmp_path, name: str, *overrides: str, out_name: str | None = None) -> dict:
+    out = tmp_path / (out_name or name)
     argv = ["--config", name, "--output-dir", str(out), "threads=1", *overrides]
     results = stage_main("fewshot/probe", run, "test", argv)
     return {"results": results, "pred": dict(np.load(out / "predictions.npz")), "dir": out}
@@ -242,3 +242,26 @@ def test_bad_input_is_one_line(tmp_path, inet, vit16, capsys):
         err = [line for line in stderr.splitlines() if line.startswith("error:")]
         assert exit_info.value.code == 2 and len(err) == 1 and fragment in err[0], stderr
         assert "Traceback" not in stderr
+
+
+def test_two_ranks_each_write_their_shards_then_rank0_probes(tmp_path, inet, vit16, monkeypatch):
+    single = _probe(tmp_path, "dino_knn", f"backbone={vit16}", f"data.root={inet}")
+    cache = tmp_path / "shared_cache"
+    common = [
+        f"backbone={vit16}",
+        f"data.root={inet}",
+        f"data.cache_dir={cache}",
+        "store.shard_size=5",
+    ]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    argv = ["--config", "dino_knn", "--output-dir", str(tmp_path / "rank1"), *common]
+    assert stage_main("fewshot/probe", run, "test", argv) is None
+    stores = sorted(cache.iterdir())
+    # Rank 1 wrote shards 1, 3 of train (24 images) and shard 1 of val (12 images).
+    assert sorted(len(list((s / "done").iterdir())) for s in stores) == [1, 2]
+    monkeypatch.setenv("RANK", "0")
+    both = _probe(tmp_path, "dino_knn", *common, out_name="rank0")
+    assert all(len(list((s / "done").iterdir())) in (3, 5) for s in stores)
+    for k in (10, 20):
+        np.testing.assert_array_equal(both["pred"][f"all/k{k}"], single["pred"][f"all/k{k}"])
