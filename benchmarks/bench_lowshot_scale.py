@@ -5,12 +5,12 @@
    ``--memory-mb``), of the straightforward method (DINO's ``eval_knn.py``: the whole bank
    as one fp32 tensor, each chunk of queries times the whole bank, then top-k) and of one
    faiss flat search (``IndexFlatIP`` holding the bank in fp32).
-2. MSN's logistic regression at 1 % size (12,811 x 384, 1,000 classes, synthetic).
-3. DINOv2's grid: the cost of one C at 1 % size.
-4. Feature-extraction input: images/s of one data worker on 500 x 375 JPEGs (decode,
+2. Feature-extraction input: images/s of one data worker on 500 x 375 JPEGs (decode,
    Resize(256), CenterCrop(224)).
 
-    python benchmarks/bench_lowshot_scale.py --queries 500
+    python benchmarks/bench_lowshot_scale.py --queries 100
+
+The logistic regressions at 1 % size are in bench_lowshot_logreg.py.
 
 All k-NN methods do the same arithmetic per query, so their times scale with ``--queries``.
 """
@@ -31,7 +31,6 @@ from benchmarks.record import record_result
 from common.datasets.classification import LabelledDataset, LabelledImages, eval_transform
 from common.faiss_quiet import faiss
 from common.knn_chunked import knn_search
-from fewshot.probe.lowshot_logreg import dinov2_c_values, msn_fit
 
 IMAGENET_TRAIN = 1_281_167
 DIM = 384
@@ -152,7 +151,6 @@ def main() -> None:
     parser.add_argument("--bank", type=int, default=IMAGENET_TRAIN)
     parser.add_argument("--queries", type=int, default=5000)
     parser.add_argument("--memory-mb", type=float, default=512.0)
-    parser.add_argument("--c-iters", type=int, default=50, help="L-BFGS iterations timed per C")
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,17 +166,6 @@ def main() -> None:
         )
         rate = decode_rate(Path(tmp))
 
-    x, y = lowshot_data(13, 1000)
-    t = time.perf_counter()
-    w, _ = msn_fit(x, y, 0.00025, 1e-6, 1000)
-    msn_s = time.perf_counter() - t
-    from sklearn.linear_model import LogisticRegression
-
-    c = float(dinov2_c_values([-6, 5, 45])[30])
-    t = time.perf_counter()
-    model = LogisticRegression(C=c, max_iter=args.c_iters, tol=1e-12).fit(x, y)
-    per_iter = (time.perf_counter() - t) / max(int(model.n_iter_[0]), 1)
-
     t_chunk, t_faiss = rows[0][1], rows[2][1]
     record_result(
         "lowshot_scale",
@@ -187,14 +174,6 @@ def main() -> None:
                 "columns": ["method", "seconds", "ms per query", "peak extra memory (MB)"],
                 "rows": rows,
             },
-            "logreg": {
-                "columns": ["what", "seconds"],
-                "rows": [
-                    ["MSN logistic regression, 12,811 x 384, 1,000 classes", round(msn_s, 1)],
-                    ["DINOv2 one L-BFGS iteration at 1 % size", round(per_iter, 2)],
-                    ["DINOv2 one C at max_iter=1000 (upper bound)", round(per_iter * 1000)],
-                ],
-            },
         },
         values={
             "bank": args.bank,
@@ -202,13 +181,12 @@ def main() -> None:
             "memory_mb": args.memory_mb,
             "chunked_vs_faiss_time": round(t_chunk / t_faiss, 2),
             "same_neighbours_as_faiss": round(agree, 4),
-            "msn_seconds": round(msn_s, 1),
             "decode_images_per_s_per_worker": round(rate, 1),
             "workers_for_3000_images_per_s": int(np.ceil(3000 / rate)),
         },
     )
     print(f"chunked / faiss time {t_chunk / t_faiss:.2f}, same neighbours {agree:.4f}")
-    print(f"MSN {msn_s:.1f} s; DINOv2 {per_iter:.2f} s per iteration; decode {rate:.1f} img/s")
+    print(f"decode {rate:.1f} images/s per worker")
 
 
 if __name__ == "__main__":
