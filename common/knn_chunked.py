@@ -73,6 +73,7 @@ def knn_search(
             parts_s.append(s.cpu())
             parts_i.append(i.cpu().to(torch.int64) + start)
         best_s, best_i = _merge(best_s, best_i, torch.cat(parts_s), torch.cat(parts_i), k)
+        del chunk  # before the next chunk is read, or two chunks would be alive at once
     return best_s.numpy(), best_i.numpy()
 
 
