@@ -12,7 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from common.backbone import forward_tokens
-from common.datasets.classification import LabelledImages, eval_transform, open_labelled
+from common.datasets.classification import (
+    LabelledImages,
+    eval_transform,
+    open_labelled,
+    spread_indices,
+)
 from common.datasets.errors import DatasetNotFoundError
 from common.datasets.items import load_rgb
 from common.faiss_index import search_ip
@@ -97,9 +102,7 @@ def probe_images(
     """uint8 images [N, 3, S, S] (resized and centre-cropped, so any mix of sizes stacks) and
     class ids of at most ``max_images`` items spread evenly over the list (every class of a
     class-sorted folder, not the first few)."""
-    index = np.arange(len(images))
-    if max_images is not None and max_images < len(images):
-        index = np.unique(np.linspace(0, len(images) - 1, max_images).round().astype(np.int64))
+    index = spread_indices(len(images), max_images)
     pics = [(transform(load_rgb(images.paths[i])) * 255).round().to(torch.uint8) for i in index]
     return torch.stack(pics), images.labels[index]
 

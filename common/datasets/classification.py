@@ -71,6 +71,14 @@ class LabelledImages:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def spread_indices(n: int, max_items: int | None) -> np.ndarray:
+    """At most ``max_items`` of ``range(n)``, evenly spaced: a class-sorted list keeps every
+    class instead of its first few."""
+    if max_items is None or max_items >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max_items).round().astype(np.int64))
+
+
 def detect_format(root: str | Path, split: str) -> str:
     """``csv`` when ``ROOT/<split>.csv`` exists, ``imagefolder`` when ``ROOT/<split>`` is a
     folder of folders, ``voc`` when ROOT holds ``JPEGImages``; else a one-line error."""

@@ -23,7 +23,12 @@ import numpy as np
 
 from common.backbone import check_input_size
 from common.config import Config, ConfigError
-from common.datasets.classification import LabelledImages, open_labelled, split_indices
+from common.datasets.classification import (
+    LabelledImages,
+    open_labelled,
+    split_indices,
+    spread_indices,
+)
 from common.distributed import detect_env
 from common.knn_chunked import knn_search, weighted_votes
 from common.rundir import RunDir
@@ -130,7 +135,11 @@ def run(cfg: Config, run_dir: RunDir) -> dict | None:
     prep = {"resize": section.resize, "crop": section.crop, "interpolation": section.interpolation}
     train = open_labelled(cfg.data.root, cfg.data.train_split, cfg.data.format)
     test = open_labelled(cfg.data.root, cfg.data.test_split, train.fmt, train.classes)
+    # CPU budgets: a subset spread over every class (split files index the full train list).
+    if not cfg.data.split_files:
+        train = train.subset(spread_indices(len(train), cfg.data.max_train_images))
     parts = subsets(cfg, train)
+    test = test.subset(spread_indices(len(test), cfg.data.max_test_images))
     log.info(
         "%s: %d train / %d test images, %d classes",
         cfg.protocol,

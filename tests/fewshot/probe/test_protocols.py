@@ -17,6 +17,7 @@ from torchvision import transforms as T
 
 from common.backbone import backbone_kwargs, build_backbone, export_backbone, load_backbone
 from common.cli import stage_main
+from common.datasets.classification import spread_indices
 from fewshot.features import FrozenBackbone
 from fewshot.probe.cls_features import cls_tokens
 from fewshot.probe.lowshot_logreg import (
@@ -214,12 +215,16 @@ def test_msn_and_dinov2_presets_on_split_files(tmp_path, inet, vit16):
         f"data.root={inet}",
         "dinov2_logreg.c_log10=[-2, 2, 3]",
         "dinov2_logreg.max_iter=300",
+        "data.max_train_images=20",
+        "data.max_test_images=8",
     )
     res = v2["results"]["subsets"]["all"]
     assert res["best_C"] in dinov2_c_values([-2, 2, 3]).tolist()
-    assert res["top1"] == pytest.approx(float((v2["pred"]["all/top1"] == val_y).mean()))
+    kept_y = val_y[spread_indices(12, 8)]  # 8 of 12 val images, spread over the classes
+    assert sorted(set(kept_y.tolist())) == [0, 1, 2, 3]
+    assert res["top1"] == pytest.approx(float((v2["pred"]["all/top1"] == kept_y).mean()))
     saved = json.loads((v2["dir"] / "results.json").read_text())
-    assert saved["train_images"] == 24 and saved["classes"] == 4
+    assert saved["train_images"] == 20 and saved["test_images"] == 8 and saved["classes"] == 4
 
 
 def test_bad_input_is_one_line(tmp_path, inet, vit16, capsys):
