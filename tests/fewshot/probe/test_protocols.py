@@ -238,6 +238,7 @@ def test_bad_input_is_one_line(tmp_path, inet, vit16, capsys):
         ),
         (["--config", "dino_knn", f"data.root={tmp_path}"], "is not a labelled dataset"),
         (["--config", "dino_knn", f"data.root={inet}", "dino_knn.crop=200"], "patch size 16"),
+        ([f"data.root={inet}"], "run a classification protocol: --config dino_knn"),
     ]
     for n, (argv, fragment) in enumerate(cases):
         argv = [*argv, f"backbone={vit16}", "--output-dir", str(tmp_path / f"bad{n}")]
