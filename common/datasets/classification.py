@@ -32,6 +32,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from common.config import ConfigError
 from common.datasets.errors import DatasetNotFoundError
 from common.datasets.folder import IMAGE_EXTENSIONS, list_images
 from common.datasets.items import load_rgb
@@ -191,7 +192,7 @@ def open_labelled(
     """The labelled images of ``split``; ``classes`` (the train split's) fixes the indices
     of another split, where an unknown class is an error."""
     if fmt not in FORMATS:
-        raise DatasetNotFoundError(f"data format must be one of {FORMATS}, got {fmt!r}")
+        raise ConfigError(f"data format must be one of {FORMATS}, got {fmt!r}")
     root = Path(root)
     found = detect_format(root, split) if fmt == "auto" else fmt
     if fmt == "auto":
@@ -235,7 +236,7 @@ def split_indices(images: LabelledImages, split_file: str | Path) -> np.ndarray:
 def eval_transform(resize: int, crop: int, interpolation: str) -> Callable:
     """PIL image -> float [3, crop, crop] in [0, 1]: short side to ``resize``, centre crop."""
     if interpolation not in INTERPOLATIONS:
-        raise DatasetNotFoundError(
+        raise ConfigError(
             f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {interpolation!r}"
         )
     return v2.Compose(

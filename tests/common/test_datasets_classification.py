@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from common.config import ConfigError
 from common.datasets.classification import (
     detect_format,
     eval_transform,
@@ -114,3 +115,10 @@ def test_eval_transform_is_resize_short_side_then_centre_crop():
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-7)
     portrait = eval_transform(224, 224, "bilinear")(image.transpose(Image.Transpose.ROTATE_90))
     assert portrait.shape == (3, 224, 224)
+
+
+def test_unknown_format_or_interpolation_is_a_config_error(inet):
+    with pytest.raises(ConfigError, match="data format must be one of"):
+        open_labelled(inet, "train", "folders")
+    with pytest.raises(ConfigError, match="interpolation must be one of"):
+        eval_transform(256, 224, "lanczos")
