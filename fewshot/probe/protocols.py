@@ -183,6 +183,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict | None:
         "protocol": cfg.protocol,
         "backbone_hash": backbone.hash,
         "classes": n_cls,
+        "class_names": train.names,
         "train_images": len(train),
         "test_images": len(test),
         "subsets": per_subset,

@@ -226,6 +226,7 @@ def test_msn_and_dinov2_presets_on_split_files(tmp_path, inet, vit16):
     assert res["top1"] == pytest.approx(float((v2["pred"]["all/top1"] == kept_y).mean()))
     saved = json.loads((v2["dir"] / "results.json").read_text())
     assert saved["train_images"] == 20 and saved["test_images"] == 8 and saved["classes"] == 4
+    assert saved["class_names"] == ["tench", "goldfish", "shark", "ray"]  # from labels.txt
 
 
 def test_bad_input_is_one_line(tmp_path, inet, vit16, capsys):
