@@ -1,6 +1,6 @@
-"""Frozen-feature probes on labelled single-object scenes: k-NN (faiss, on a GPU when faiss
-has GPU support) and low-shot logistic regression. Used for the periodic k-NN monitor during
-training and by the quality benchmark."""
+"""Frozen-feature probes: the periodic k-NN monitor of pretraining on any labelled set
+(faiss, on a GPU when faiss has GPU support), and the single-object-scene helpers (k-NN,
+low-shot logistic regression) of the quality benchmarks."""
 
 from __future__ import annotations
 
@@ -12,6 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from common.backbone import forward_tokens
+from common.datasets.classification import (
+    LabelledImages,
+    eval_transform,
+    open_labelled,
+    spread_indices,
+)
+from common.datasets.errors import DatasetNotFoundError
+from common.datasets.items import load_rgb
 from common.faiss_index import search_ip
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
 
@@ -60,6 +68,8 @@ def extract_features(
     out = []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device)
+        if x.dtype == torch.uint8:
+            x = x.float() / 255
         if x.shape[-1] != size or x.shape[-2] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
         cls, patches = forward_tokens(backbone, (x - mean) / std)
@@ -86,27 +96,42 @@ def knn_predict(
     return votes.argmax(axis=1)
 
 
-class KNNProbe:
-    """k-NN accuracy of a backbone: train-split single-object scenes as the labelled bank,
-    val-split single-object scenes as queries."""
+def probe_images(
+    images: LabelledImages, max_images: int | None, transform
+) -> tuple[torch.Tensor, np.ndarray]:
+    """uint8 images [N, 3, S, S] (resized and centre-cropped, so any mix of sizes stacks) and
+    class ids of at most ``max_images`` items spread evenly over the list (every class of a
+    class-sorted folder, not the first few)."""
+    index = spread_indices(len(images), max_images)
+    pics = [(transform(load_rgb(images.paths[i])) * 255).round().to(torch.uint8) for i in index]
+    return torch.stack(pics), images.labels[index]
 
-    def __init__(self, eval_cfg, data_root: str, image_size: int) -> None:
-        root = eval_cfg.root or data_root
-        self.bank_images, self.bank_labels = single_object_images(
-            root, eval_cfg.bank_split, eval_cfg.max_bank
-        )
-        self.query_images, self.query_labels = single_object_images(
-            root, eval_cfg.query_split, eval_cfg.max_queries
-        )
+
+class KNNProbe:
+    """k-NN accuracy of a backbone on a labelled set (any ``common.datasets.classification``
+    format): the ``bank_split`` as the labelled bank, the ``query_split`` as queries, each
+    image resized (short side ``resize``) and centre-cropped to ``image_size``."""
+
+    def __init__(self, eval_cfg, root: str | Path, image_size: int) -> None:
+        size = int(eval_cfg.image_size or image_size)
+        resize = int(eval_cfg.resize or round(size * 256 / 224))
+        transform = eval_transform(resize, size, "bicubic")
+        bank = open_labelled(root, eval_cfg.bank_split, eval_cfg.format)
+        query = open_labelled(root, eval_cfg.query_split, bank.fmt, bank.classes)
+        self.bank_images, self.bank_labels = probe_images(bank, eval_cfg.max_bank, transform)
+        self.query_images, self.query_labels = probe_images(query, eval_cfg.max_queries, transform)
         self.k = int(eval_cfg.k)
         self.temperature = float(eval_cfg.temperature)
-        self.size = image_size
+        self.size = size
         self.pooling = eval_cfg.pooling
         log.info(
-            "k-NN probe: %d bank / %d query single-object images from %s",
+            "k-NN probe: %d bank / %d query images (%s format, %d classes) from %s at %d px",
             len(self.bank_labels),
             len(self.query_labels),
+            bank.fmt,
+            len(bank.classes),
             root,
+            size,
         )
 
     def __call__(self, backbone: torch.nn.Module) -> dict[str, float]:
@@ -114,6 +139,24 @@ class KNNProbe:
         queries = extract_features(backbone, self.query_images, self.size, self.pooling)
         pred = knn_predict(bank, self.bank_labels, queries, self.k, self.temperature)
         return {"knn_top1": float((pred == self.query_labels).mean())}
+
+
+def make_knn_probe(eval_cfg, data_root: str, image_size: int) -> KNNProbe | None:
+    """The monitor of ``eval.root`` (a labelled set must be readable there), or of the
+    training folder when it is labelled; an unlabelled training folder turns the monitor
+    off with a warning instead of failing the run."""
+    if eval_cfg.root:
+        return KNNProbe(eval_cfg, eval_cfg.root, image_size)
+    try:
+        return KNNProbe(eval_cfg, data_root, image_size)
+    except DatasetNotFoundError as exc:
+        log.warning(
+            "k-NN monitor off: the training folder %s is not a labelled set (%s); set "
+            "eval.root to one (ImageNet layout, a path,label CSV or VOC scenes)",
+            data_root,
+            exc,
+        )
+        return None
 
 
 def lowshot_accuracy(

@@ -157,9 +157,9 @@ class Trainer:
         self.metrics = MetricsLogger(run.metrics, enabled=self.rank == 0, **cfg.logging)
         self.probe = None
         if cfg.eval.every and self.rank == 0:
-            from pretrain.probe import KNNProbe
+            from pretrain.probe import make_knn_probe
 
-            self.probe = KNNProbe(cfg.eval, cfg.data.root, int(cfg.crops.global_size))
+            self.probe = make_knn_probe(cfg.eval, cfg.data.root, int(cfg.crops.global_size))
 
     @property
     def total_steps(self) -> int:

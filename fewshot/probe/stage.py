@@ -19,6 +19,8 @@ import torch.nn.functional as F
 
 from common.backbone import check_input_size, source_of
 from common.config import Config, ConfigError
+from common.datasets.classification import detect_format
+from common.datasets.errors import DatasetNotFoundError
 from common.datasets.voc import labels_of_mask
 from common.rundir import RunDir
 from common.runtime import resolve_device
@@ -27,6 +29,7 @@ from fewshot.features import FrozenBackbone, cached, extract, open_backbone, ran
 from fewshot.probe.knn import knn_accuracy
 from fewshot.probe.logreg import logreg_probe
 from fewshot.probe.multilabel import label_matrix, multilabel_probe
+from fewshot.probe.protocols import run as run_protocol
 from fewshot.probe.report import accuracy_plot, format_table, summarise
 from fewshot.probe.segmentation import segmentation_probe
 from fewshot.probe.splits import draw_split, load_or_draw, setting_counts
@@ -106,7 +109,25 @@ def probe_data(train_ds, test_ds, size: int) -> ProbeData:
     return data
 
 
-def run(cfg: Config, run: RunDir) -> dict:
+def refuse_classification_folder(root: str, split: str) -> None:
+    """The FashionScenes protocol reads VOC scenes; a class-folder or CSV dataset is meant
+    for the classification protocols: say so instead of the VOC reader's hint."""
+    try:
+        found = detect_format(root, split)
+    except DatasetNotFoundError:
+        return  # not a labelled folder at all: the VOC reader says what it misses
+    if found != "voc":
+        raise ConfigError(
+            f"data.root={root} is a classification dataset ({found} format) and the default "
+            "protocol reads VOC-layout scenes; run a classification protocol: --config "
+            "dino_knn | msn_lowshot | dinov2_logreg (docs/lowshot.md)"
+        )
+
+
+def run(cfg: Config, run: RunDir) -> dict | None:
+    if cfg.protocol != "fashion_scenes":
+        return run_protocol(cfg, run)
+    refuse_classification_folder(cfg.data.root, cfg.data.train_split)
     source_of(cfg.backbone, "fewshot.probe")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

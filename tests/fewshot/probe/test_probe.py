@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from common.cli import stage_main
+from common.datasets.classification import open_labelled
 from fewshot.probe.knn import knn_predict
 from fewshot.probe.logreg import choose_c, logreg_probe
 from fewshot.probe.segmentation import patch_labels, segmentation_probe
@@ -79,6 +82,28 @@ def test_patch_labels_and_segmentation_probe():
     assert res["miou"] > 0.9
 
 
+def _one_nn_accuracy(cache: Path, root: Path) -> float:
+    """1-NN accuracy of val on train single-object scenes: feature = L2(L2(cls) ++ L2(mean
+    patch token)), read from the probe's feature cache."""
+    feats, labels = {}, {}
+    for split in ("train", "val"):
+        (path,) = cache.glob(f"global_tokens_{split}_*.pt")
+        tensors = torch.load(path, weights_only=True)["tensors"]
+        x = torch.cat(
+            [
+                F.normalize(tensors["cls"].float(), dim=-1),
+                F.normalize(tensors["patch"].float().mean(dim=(1, 2)), dim=-1),
+            ],
+            dim=-1,
+        )
+        ids = (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+        single = open_labelled(root, split, "voc")
+        rows = [ids.index(p.stem) for p in single.paths]
+        feats[split], labels[split] = F.normalize(x[rows], dim=-1), single.labels
+    nearest = (feats["val"] @ feats["train"].T).argmax(dim=1).numpy()
+    return float((labels["train"][nearest] == labels["val"]).mean())
+
+
 def test_probe_cli_end_to_end(fashion_scenes_root, tiny_export, tmp_path):
     out = tmp_path / "probe"
     argv = [
@@ -98,8 +123,14 @@ def test_probe_cli_end_to_end(fashion_scenes_root, tiny_export, tmp_path):
     res = results["models"]["backbone"]
     assert set(res["logreg"]) == {"shot1", "shot2", "pct1"}
     assert len(res["logreg"]["shot2"]["splits"]) == 2
-    assert 0.0 <= res["logreg"]["shot1"]["mean"] <= 1.0
+    shot2 = [s["accuracy"] for s in res["logreg"]["shot2"]["splits"]]
+    assert res["logreg"]["shot2"]["mean"] == pytest.approx(np.mean(shot2))
+    assert res["logreg"]["shot2"]["std"] == pytest.approx(np.std(shot2))
     assert set(res["knn"]["pct100"]) == {"k=1", "k=5", "k=20"}
+    # 1-NN over every single-object scene, recomputed here from the cached tokens.
+    assert res["knn"]["pct100"]["k=1"] == pytest.approx(
+        _one_nn_accuracy(out / "cache" / results["backbone_hash"], fashion_scenes_root)
+    )
     assert 0.0 <= res["multilabel"]["mAP"] <= 1.0 and 0.0 <= res["segmentation"]["miou"] <= 1.0
     assert (out / "figures" / "accuracy_vs_labels.png").stat().st_size > 1000
     assert (out / "splits" / "shot2_seed1.json").is_file()
@@ -109,4 +140,5 @@ def test_probe_cli_end_to_end(fashion_scenes_root, tiny_export, tmp_path):
     assert saved["backbone_hash"] == results["backbone_hash"]
     # Same command again: features from the cache, the same split files, the same numbers.
     again = stage_main("fewshot/probe", run, "test", argv)
-    assert again["models"]["backbone"]["logreg"] == res["logreg"]
+    for probe in ("logreg", "knn", "multilabel"):
+        assert again["models"]["backbone"][probe] == res[probe]
