@@ -131,7 +131,7 @@ def _image_folder(root: Path, split: str, classes: Sequence[str] | None) -> Labe
     paths, labels = [], []
     for folder in folders:
         try:
-            files = list_images(folder)
+            files = list_images(folder, quiet=True)
         except DatasetNotFoundError:
             raise DatasetNotFoundError(
                 f"class folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)}, any "
@@ -139,6 +139,8 @@ def _image_folder(root: Path, split: str, classes: Sequence[str] | None) -> Labe
             ) from None
         paths.extend(files)
         labels.extend([index[folder.name]] * len(files))
+    # One line per split, not one per class folder (ImageNet has 1,000).
+    log.info("found %d images in %d class folders of %s", len(paths), len(folders), split_dir)
     return LabelledImages(
         root, split, "imagefolder", paths, np.asarray(labels, np.int64), known, []
     )
