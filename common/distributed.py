@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import subprocess
 from dataclasses import dataclass
 
@@ -51,6 +52,17 @@ def port_from_job_id(job_id: str) -> int:
     """A rendezvous port derived from the job id, so concurrent jobs on a node do not clash."""
     digits = int(re.sub(r"\D", "", job_id) or 0)
     return 20000 + digits % 20000
+
+
+def local_address(master_addr: str) -> str:
+    """This host's address on the route to ``master_addr`` (what the other ranks connect to);
+    a UDP connect picks the route without sending anything."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((master_addr, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return "unknown"
 
 
 def detect_env() -> DistEnv:
@@ -101,6 +113,13 @@ def init_distributed(device: torch.device) -> DistEnv:
         backend,
         denv.master_addr,
         denv.master_port,
+    )
+    # Per-node identity in every rank's log: wrong hosts or addresses show up here first.
+    log.info(
+        "distributed: rank %d runs on host %s, address %s",
+        denv.rank,
+        socket.gethostname(),
+        local_address(denv.master_addr),
     )
     return denv
 
