@@ -155,6 +155,20 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def any_rank(flag: bool) -> bool:
+    """``flag`` OR-ed over all ranks (a one-element all-reduce); ``flag`` itself when alone.
+
+    A stop signal reaches each node at its own moment: decided per rank, rank 0 could stop
+    after step k while rank 1 runs step k+1, and their collectives would no longer match."""
+    if not is_dist():
+        return flag
+    on_gpu = dist.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def barrier() -> None:
     if is_dist():
         dist.barrier()

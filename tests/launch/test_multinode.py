@@ -3,7 +3,9 @@ names) against the same world size on one node: DDP and FSDP, a requeue, a node 
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -29,8 +31,9 @@ RESUMED = re.compile(r"resumed from \S+ at step (\d+)")
 
 
 def _args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["pretrain", "--config", str(TINY_PRETRAIN), f"data.root={data}", "--executor",
-            "slurm", "--output-dir", str(out), f"train.max_steps={STEPS}", *extra]  # fmt: skip
+    args = ["pretrain", "--config", str(TINY_PRETRAIN), f"data.root={data}", "--executor"]
+    args += ["slurm", "--output-dir", str(out), f"train.max_steps={STEPS}"]
+    return [*args, "eval.attention_images=0", *extra]  # no figures: seconds of matplotlib
 
 
 def _submit(data: Path, out: Path, *extra: str) -> str:
@@ -63,6 +66,21 @@ def _hosts(run_dir: Path) -> dict[int, tuple[str, str]]:
         for m in re.finditer(r"rank (\d+) runs on host (\S+), address (\S+)", log.read_text()):
             out[int(m.group(1))] = (m.group(2), m.group(3))
     return out
+
+
+def _signal_task_on(node: str, sig: int) -> None:
+    """Signal the job's task on one node only (the namespace of the node is named after it)."""
+    pids = subprocess.run(["ip", "netns", "pids", node], capture_output=True, text=True)
+    tasks = [p for p in pids.stdout.split() if b"submitit.core._submit" in _cmdline(p)]
+    assert len(tasks) == 1, f"tasks on {node}: {tasks}"
+    os.kill(int(tasks[0]), sig)
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _resumed_at(log: Path) -> list[int]:
@@ -128,17 +146,32 @@ def test_fsdp_across_two_nodes_equals_one_node_through_a_requeue(runs, slurm_two
     _assert_same_export(runs["fsdp1"], run)
 
 
-def test_ddp_across_two_nodes_survives_a_dead_node_and_equals_one_node(
+def test_ddp_across_two_nodes_survives_a_lone_signal_and_a_dead_node(
     runs, slurm_two_nodes, fashion_scenes_root: Path, tmp_path: Path
 ) -> None:
-    """Node 2 dies (slurmd and the job's processes killed) after step 3: SLURM notices, status
-    names the node in one line, last.pt is intact; cancelled and submitted again once the node
-    is back, the run resumes from it on both nodes and exports the one-node run's weights."""
+    """A DDP job on two nodes: only node 2's rank gets the time-limit warning (USR2), yet both
+    ranks stop at one step and the job requeues and resumes. Then node 2 dies (slurmd and the
+    job's processes killed): SLURM notices, status names the node in one line, last.pt is
+    intact; cancelled and submitted again once the node is back, the run resumes from it on
+    both nodes and exports the one-node run's weights bit for bit."""
     out = tmp_path / "ddp2"
     dead = slurm_two_nodes.node_names[1]
     _submit(fashion_scenes_root, out, *TWO_NODES)
     try:
-        _wait_steps(out, 3)
+        _wait_steps(out, 2)
+        _signal_task_on(dead, signal.SIGUSR2)
+        start = time.monotonic()
+        while (
+            not _resumed_at(out / "log.txt")
+            or max(r["step"] for r in read_metrics(out / "metrics.jsonl"))
+            <= _resumed_at(out / "log.txt")[0]
+        ):
+            assert time.monotonic() - start < 180, format_status(collect(out))
+            time.sleep(0.5)
+        (stopped,) = _resumed_at(out / "log.txt")
+        assert _resumed_at(out / "log.rank1.txt") == [stopped]
+        assert f"rank 1 stopped at step {stopped}" in (out / "log.rank1.txt").read_text()
+
         slurm_two_nodes.kill_node(dead)
         # SLURM requeues a job whose node failed; it waits for nodes (or ends, without requeue).
         start = time.monotonic()
@@ -152,12 +185,12 @@ def test_ddp_across_two_nodes_survives_a_dead_node_and_equals_one_node(
         notes = [line for line in text.splitlines() if f"node {dead} failed" in line]
         assert len(notes) == 1 and "slurm.exclude=" in notes[0], text
         saved = load_torch_file(out / "checkpoints" / "last.pt")["step"]
-        assert 2 <= saved < STEPS
+        assert stopped <= saved < STEPS
         assert main(["cancel", str(out)]) == 0
     finally:
         slurm_two_nodes.start()  # the node comes back
     assert main(_args(fashion_scenes_root, out, *TWO_NODES)) == 0
-    assert _resumed_at(out / "log.txt") == [saved]
-    assert _resumed_at(out / "log.rank1.txt") == [saved]
+    assert _resumed_at(out / "log.txt") == [stopped, saved]
+    assert _resumed_at(out / "log.rank1.txt") == [stopped, saved]
     _assert_two_hosts(out, slurm_two_nodes.node_names)
     _assert_same_export(runs["ddp1"], out)
