@@ -8,7 +8,7 @@ step's logged images/s, after the first steps). Both layouts share this machine'
 the ratio shows what crossing nodes costs in rendezvous and gradient all-reduce over a
 network device, not what a real interconnect does. Then it checks the two exports are equal.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_multinode.py --steps 20 --repeats 2
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_multinode.py --steps 12 --repeats 2
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ start_munge() {
   fi
   chown munge:munge /etc/munge/munge.key
   chmod 0400 /etc/munge/munge.key
-  runuser -u munge -- /usr/sbin/munged 9>&-
+  runuser -u munge -- /usr/sbin/munged 8>&- 9>&-
   : >"$MUNGE_MARK"
   for _ in $(seq 50); do munge_ok && return 0; sleep 0.1; done
   die "munged did not answer; see /var/log/munge/munged.log"
@@ -261,8 +261,13 @@ start() {
   fi
   write_conf
   if multi; then make_network; fi
+  # Clusters in other state directories share munged: under this lock one starts it, and
+  # none stops it between another's start of munged and of its slurmctld.
+  exec 8>/tmp/labelfew-munge.lock
+  flock 8
   start_munge
-  pid_alive "$STATE/slurmctld.pid" || { slurmctld -f "$CONF" 9>&- && echo slurmctld >>"$STATE/started"; }
+  pid_alive "$STATE/slurmctld.pid" || { slurmctld -f "$CONF" 8>&- 9>&- && echo slurmctld >>"$STATE/started"; }
+  exec 8>&-
   start_slurmd
   local states=""
   for _ in $(seq $((WAIT_S * 2))); do
@@ -323,10 +328,13 @@ remove_network() {
 
 # munged stays while any slurmctld (of another cluster of this script) still runs.
 stop_munge() {
-  [ -e "$MUNGE_MARK" ] || return 0
-  pidof slurmctld >/dev/null 2>&1 && return 0
-  stop_pid /run/munge/munged.pid
-  rm -f "$MUNGE_MARK"
+  exec 8>/tmp/labelfew-munge.lock
+  flock 8
+  if [ -e "$MUNGE_MARK" ] && ! pidof slurmctld >/dev/null 2>&1; then
+    stop_pid /run/munge/munged.pid
+    rm -f "$MUNGE_MARK"
+  fi
+  exec 8>&-
 }
 
 stop() {

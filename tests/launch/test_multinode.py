@@ -19,6 +19,7 @@ from launch.__main__ import main
 from launch.records import read_record
 from launch.slurm import job_infos
 from launch.status import collect, format_status
+from launch.testing.cluster import LocalSlurm
 from tests.launch.conftest import TINY_PRETRAIN
 
 pytestmark = pytest.mark.slurm
@@ -94,13 +95,10 @@ def _assert_same_export(a: Path, b: Path) -> None:
     assert all(torch.equal(wa[k], wb[k]) for k in wa), f"{a.name} != {b.name}: {diff}"
 
 
-@pytest.fixture(scope="module")
-def runs(slurm_two_nodes, fashion_scenes_root: Path, tmp_path_factory) -> dict[str, Path]:
+def _reference_and_requeued_runs(data: Path, root: Path) -> dict[str, Path]:
     """Three runs of one world size (2 ranks): DDP and FSDP on one node, FSDP on two nodes;
     the two-node job is requeued (`scontrol requeue`) once it logged 3 steps."""
-    root = tmp_path_factory.mktemp("multinode")
     runs = {name: root / name for name in ("ddp1", "fsdp1", "fsdp2")}
-    data = fashion_scenes_root
     _submit(data, runs["fsdp2"], *TWO_NODES, *FSDP)
     _submit(data, runs["ddp1"], *ONE_NODE)
     _submit(data, runs["fsdp1"], *ONE_NODE, *FSDP)
@@ -126,12 +124,24 @@ def _assert_two_hosts(run: Path, nodes: list[str]) -> None:
     assert f"{nodes[1]} ({hosts[1][1]}) rank 1: log.rank1.txt, submitit/{job}_1_log.err" in text
 
 
-def test_fsdp_across_two_nodes_equals_one_node_through_a_requeue(runs, slurm_two_nodes) -> None:
+def test_two_nodes_equal_one_node_through_a_requeue_a_lone_signal_and_a_dead_node(
+    slurm_two_nodes, fashion_scenes_root: Path, tmp_path: Path
+) -> None:
+    """One test, so one pytest worker owns the cluster while a node is killed."""
+    nodes = slurm_two_nodes.node_names
+    runs = _reference_and_requeued_runs(fashion_scenes_root, tmp_path)
+    _check_fsdp_across_two_nodes_through_a_requeue(runs, nodes)
+    _check_ddp_through_a_lone_signal_and_a_dead_node(
+        runs["ddp1"], slurm_two_nodes, fashion_scenes_root, tmp_path / "ddp2"
+    )
+
+
+def _check_fsdp_across_two_nodes_through_a_requeue(runs: dict[str, Path], nodes: list[str]) -> None:
     """FSDP ranks on two hosts (rendezvous from SLURM, one shard file per node) requeued
     mid-run: both resume from the same step and the export equals the uninterrupted one-node
     run bit for bit (two ranks reduce in the same order wherever they run)."""
     run = runs["fsdp2"]
-    _assert_two_hosts(run, slurm_two_nodes.node_names)
+    _assert_two_hosts(run, nodes)
     assert len(set(_hosts(runs["fsdp1"]).values())) == 1
     job = read_record(run)["jobs"][-1]["job_id"]
     assert job_infos([job])[job].restarts == 1
@@ -146,17 +156,16 @@ def test_fsdp_across_two_nodes_equals_one_node_through_a_requeue(runs, slurm_two
     _assert_same_export(runs["fsdp1"], run)
 
 
-def test_ddp_across_two_nodes_survives_a_lone_signal_and_a_dead_node(
-    runs, slurm_two_nodes, fashion_scenes_root: Path, tmp_path: Path
+def _check_ddp_through_a_lone_signal_and_a_dead_node(
+    ddp1: Path, cluster: LocalSlurm, data: Path, out: Path
 ) -> None:
     """A DDP job on two nodes: only node 2's rank gets the time-limit warning (USR2), yet both
     ranks stop at one step and the job requeues and resumes. Then node 2 dies (slurmd and the
     job's processes killed): SLURM notices, status names the node in one line, last.pt is
     intact; cancelled and submitted again once the node is back, the run resumes from it on
     both nodes and exports the one-node run's weights bit for bit."""
-    out = tmp_path / "ddp2"
-    dead = slurm_two_nodes.node_names[1]
-    _submit(fashion_scenes_root, out, *TWO_NODES)
+    dead = cluster.node_names[1]
+    _submit(data, out, *TWO_NODES)
     try:
         _wait_steps(out, 2)
         _signal_task_on(dead, signal.SIGUSR2)
@@ -172,7 +181,7 @@ def test_ddp_across_two_nodes_survives_a_lone_signal_and_a_dead_node(
         assert _resumed_at(out / "log.rank1.txt") == [stopped]
         assert f"rank 1 stopped at step {stopped}" in (out / "log.rank1.txt").read_text()
 
-        slurm_two_nodes.kill_node(dead)
+        cluster.kill_node(dead)
         # SLURM requeues a job whose node failed; it waits for nodes (or ends, without requeue).
         start = time.monotonic()
         while True:
@@ -188,9 +197,9 @@ def test_ddp_across_two_nodes_survives_a_lone_signal_and_a_dead_node(
         assert stopped <= saved < STEPS
         assert main(["cancel", str(out)]) == 0
     finally:
-        slurm_two_nodes.start()  # the node comes back
-    assert main(_args(fashion_scenes_root, out, *TWO_NODES)) == 0
+        cluster.start()  # the node comes back
+    assert main(_args(data, out, *TWO_NODES)) == 0
     assert _resumed_at(out / "log.txt") == [stopped, saved]
     assert _resumed_at(out / "log.rank1.txt") == [stopped, saved]
-    _assert_two_hosts(out, slurm_two_nodes.node_names)
-    _assert_same_export(runs["ddp1"], out)
+    _assert_two_hosts(out, cluster.node_names)
+    _assert_same_export(ddp1, out)
