@@ -359,8 +359,14 @@ kill_node() {
   local n="${1:-}"
   multi && [ -n "$n" ] && node_names | grep -qx "$n" ||
     die "kill-node needs a node name of a multi-node cluster ($(node_names | tr '\n' ' '))"
-  kill -9 "$(cat "$STATE/slurmd.$n.pid")" 2>/dev/null || true
-  kill_namespace "$n"
+  # SIGKILL only: a node that loses power gives its processes no signal to react to.
+  local pids
+  pids="$(ip netns pids "$n" 2>/dev/null || true)"
+  [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
+  for _ in $(seq 50); do
+    [ -z "$(ip netns pids "$n" 2>/dev/null || true)" ] && break
+    sleep 0.1
+  done
   log "node $n killed"
 }
 
