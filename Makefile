@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 APT_DATA := dataset-fashion-mnist
-APT_SLURM := slurmctld slurmd slurm-client munge
+# iproute2: `ip netns` and veth pairs for the two-node test cluster (launch/testing/slurm_cluster.sh).
+APT_SLURM := slurmctld slurmd slurm-client munge iproute2
 JOBS ?= 2
 # `make demo EXECUTOR=slurm` submits the chain to a SLURM cluster instead of running it here.
 EXECUTOR ?= local

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import subprocess
 from dataclasses import dataclass
 
@@ -51,6 +52,17 @@ def port_from_job_id(job_id: str) -> int:
     """A rendezvous port derived from the job id, so concurrent jobs on a node do not clash."""
     digits = int(re.sub(r"\D", "", job_id) or 0)
     return 20000 + digits % 20000
+
+
+def local_address(master_addr: str) -> str:
+    """This host's address on the route to ``master_addr`` (what the other ranks connect to);
+    a UDP connect picks the route without sending anything."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((master_addr, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return "unknown"
 
 
 def detect_env() -> DistEnv:
@@ -102,6 +114,13 @@ def init_distributed(device: torch.device) -> DistEnv:
         denv.master_addr,
         denv.master_port,
     )
+    # Per-node identity in every rank's log: wrong hosts or addresses show up here first.
+    log.info(
+        "distributed: rank %d runs on host %s, address %s",
+        denv.rank,
+        socket.gethostname(),
+        local_address(denv.master_addr),
+    )
     return denv
 
 
@@ -134,6 +153,20 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor /= dist.get_world_size()
     return tensor
+
+
+def any_rank(flag: bool) -> bool:
+    """``flag`` OR-ed over all ranks (a one-element all-reduce); ``flag`` itself when alone.
+
+    A stop signal reaches each node at its own moment: decided per rank, rank 0 could stop
+    after step k while rank 1 runs step k+1, and their collectives would no longer match."""
+    if not is_dist():
+        return flag
+    on_gpu = dist.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def barrier() -> None:

@@ -6,13 +6,18 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from common.rundir import read_metrics
 from launch.bars import bars_table
 
 log = logging.getLogger(__name__)
+# Logged by common.distributed on every rank at start (again after each requeue).
+RANK_HOST = re.compile(r"rank (\d+) runs on host (\S+), address (\S+)")
+RANK_LOG = re.compile(r"log(?:\.rank(\d+))?\.txt")
 
 
 def flat_numbers(summary: Mapping, prefix: str = "", depth: int = 4) -> dict[str, float]:
@@ -246,6 +251,61 @@ def _meaning(stages: list[str], bars: list[str]) -> str:
     return "\n\n".join(parts)
 
 
+@dataclass(frozen=True)
+class RankLog:
+    """Where one rank of a distributed run ran and its log file."""
+
+    rank: int
+    host: str
+    address: str
+    log: Path
+
+
+def _last_rank_host(path: Path) -> tuple[str, str, str] | None:
+    found = None
+    with path.open(errors="replace") as fh:
+        for line in fh:
+            if "runs on host" in line:
+                found = RANK_HOST.search(line) or found
+    return found.groups() if found else None
+
+
+def rank_logs(run_dir: Path) -> list[RankLog]:
+    """Every rank's host, address and log (``log.txt``, ``log.rank<N>.txt``); the last start in
+    each log wins, as a requeued job may land on other nodes."""
+    out = []
+    for path in run_dir.glob("log*.txt"):
+        if not RANK_LOG.fullmatch(path.name):
+            continue
+        found = _last_rank_host(path)
+        if found:
+            out.append(RankLog(int(found[0]), found[1], found[2], path))
+    return sorted(out, key=lambda r: r.rank)
+
+
+def node_log_lines(run_dir: Path, task_logs: Path | None = None) -> list[str]:
+    """One line per node of a distributed run: host, address, its ranks and their logs.
+
+    ``task_logs``: submitit's folder plus job id prefix (``.../submitit/12``): each rank's
+    stderr ``<prefix>_<rank>_log.err`` is listed too. Empty for single-process runs.
+    """
+    ranks = rank_logs(run_dir)
+    if len(ranks) < 2:
+        return []
+    lines = []
+    for host in dict.fromkeys(r.host for r in ranks):
+        on_host = [r for r in ranks if r.host == host]
+        files = []
+        for r in on_host:
+            files.append(os.path.relpath(r.log, run_dir))
+            err = task_logs and Path(f"{task_logs}_{r.rank}_log.err")
+            if err and err.is_file():
+                files.append(os.path.relpath(err, run_dir))
+        which = ",".join(str(r.rank) for r in on_host)
+        lines.append(f"{host} ({on_host[0].address}) rank {which}: {', '.join(files)}")
+    return lines
+
+
 def write_report(
     pipeline_dir: Path, stages: list[dict], bars: list[str] | None = None
 ) -> tuple[str, Path]:
@@ -265,6 +325,10 @@ def write_report(
         rows.append((entry["name"], entry["stage"], entry["state"], summary))
         parts = [f"## {entry['name']} (`{entry['stage']}`, {entry['state']})", ""]
         parts.append(f"Run directory: `{run_dir}`")
+        nodes = node_log_lines(run_dir)
+        if nodes:
+            parts += ["", "Logs per node (paths in the run directory):", ""]
+            parts += [f"- `{line}`" for line in nodes]
         loss = plot_losses(run_dir / "metrics.jsonl", figures_dir / f"{entry['name']}_loss.png")
         if loss is not None:
             parts += ["", f"![{entry['name']} loss]({os.path.relpath(loss, pipeline_dir)})"]

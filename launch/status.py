@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.rundir import read_metrics
@@ -19,7 +20,7 @@ from launch.records import (
     log_paths,
     read_record,
 )
-from launch.report import flat_numbers
+from launch.report import flat_numbers, node_log_lines
 from launch.slurm import LaunchError, cancel, job_infos
 
 
@@ -34,6 +35,8 @@ class RunStatus:
     last_metrics: dict
     logs: dict[str, str]
     progress: RunProgress
+    nodes: list[str] = field(default_factory=list)  # per node: host, address, ranks, logs
+    failed_node: str | None = None
 
     @property
     def state(self) -> str:
@@ -83,8 +86,12 @@ def collect(path: str | Path) -> list[RunStatus]:
         metrics = read_metrics(run_dir / "metrics.jsonl")
         last = metrics[-1] if metrics else {}
         logs = {"stage": str(run_dir / "log.txt")}
+        nodes, dead = node_log_lines(run_dir), None
         if job and job.get("executor") != "inline":
             logs.update(log_paths(submitit_dir, str(job["job_id"])))
+            nodes = node_log_lines(run_dir, submitit_dir / str(job["job_id"]))
+        if state is not None and state.state not in ("COMPLETED", "RUNNING"):
+            dead = failed_node(submitit_dir, state.job_id)
         shown = ("step", "loss", "images_per_s")  # in their own columns
         numbers = flat_numbers({k: v for k, v in last.items() if k not in shown}, depth=1)
         out.append(
@@ -96,9 +103,37 @@ def collect(path: str | Path) -> list[RunStatus]:
                 dict(list(numbers.items())[:4]),
                 logs,
                 run_progress(run_dir),
+                nodes,
+                dead,
             )
         )
     return out
+
+
+# srun's line in the tasks' stderr when slurmctld declares a node of the step dead.
+NODE_FAILURE = re.compile(r"srun: error: Node failure on (\S+)")
+
+
+def failed_node(submitit_dir: Path, job_id: str) -> str | None:
+    """The node that failed under the job, as srun reported it in the tasks' stderr."""
+    for err in sorted(submitit_dir.glob(f"{job_id}_*_log.err")):
+        with err.open(errors="replace") as fh:
+            for line in fh:
+                m = NODE_FAILURE.search(line)
+                if m:
+                    return m.group(1)
+    return None
+
+
+def _node_failure_note(r: RunStatus) -> str:
+    """One line: which node died, that the checkpoint is kept, and how to go on."""
+    n = r.failed_node
+    return (
+        f"  {r.name}: node {n} failed under job {r.job.job_id}; its last checkpoint in "
+        f"{r.run_dir / 'checkpoints'} is kept. SLURM requeues the job to resume from it once "
+        f"enough nodes are up (`sinfo -N`), or cancel it (`python -m launch cancel "
+        f"{r.run_dir}`) and submit the same command again, with slurm.exclude={n} to avoid it"
+    )
 
 
 def _progress_cells(r: RunStatus) -> tuple[str, str, str, str]:
@@ -114,7 +149,8 @@ def _progress_cells(r: RunStatus) -> tuple[str, str, str, str]:
 
 
 def format_status(rows: list[RunStatus]) -> str:
-    """A plain-text table plus, for failed jobs, the error and the log to read.
+    """A plain-text table, the logs of each node of a distributed run, and for failed jobs
+    the error and the log to read (one line naming the node when a node died).
 
     Per job: the last logged step, loss and images/s from metrics.jsonl and, while it runs,
     the ETA at its last logged speed.
@@ -123,8 +159,9 @@ def format_status(rows: list[RunStatus]) -> str:
         f"{'run':<16} {'job':<12} {'state':<28} {'step':>11} {'loss':>8} {'img/s':>8} "
         f"{'ETA':>7}  last metrics"
     ]
-    notes = []
+    notes, node_lines = [], []
     for r in rows:
+        node_lines += [f"  {r.name}: {line}" for line in r.nodes]
         job = r.job.job_id if r.job else "-"
         state = r.state + (
             f" ({r.job.reason})" if r.job and r.job.reason not in ("", "None") else ""
@@ -137,10 +174,15 @@ def format_status(rows: list[RunStatus]) -> str:
         )
         if r.job is None:
             notes.append(f"  {r.name}: not submitted")
+        elif r.failed_node:
+            notes.append(_node_failure_note(r))
         elif r.state not in ("COMPLETED", "RUNNING", "PENDING"):
             log = r.logs.get("stderr") or r.logs["stage"]
             err = f": {r.job.error}" if r.job and r.job.error else ""
             notes.append(f"  {r.name}: {r.state}{err}\n    logs: {log} and {r.logs['stage']}")
+    if node_lines:
+        lines += ["", "Logs per node (host, address, ranks: logs in the run directory):"]
+        lines += node_lines
     if notes:
         lines += ["", "Not completed:", *notes]
     return "\n".join(lines)

@@ -391,7 +391,8 @@ class Trainer:
                         self.metrics.log(self.step, **self.probe(backbone.to(self.device)))
                 if self.step % int(t.checkpoint_every) == 0 or self.step == self.total_steps:
                     self.save()
-                if stop_requested():
+                # Every rank stops at the same step, whichever node the signal reached first.
+                if dist.any_rank(stop_requested()):
                     self.save()
                     raise Preempted(self.step)
                 if self.step >= self.total_steps:

@@ -1,5 +1,5 @@
 """Shared fixtures: small real datasets on disk (FashionScenes, Pascal VOC, COCO layouts) and
-the local one-node SLURM cluster."""
+the local SLURM clusters (one node on this host; two nodes in network namespaces)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from common.datasets.fashion_scenes import generate_fashion_scenes
-from launch.testing.cluster import LocalSlurm, unavailable_reason
+from launch.testing.cluster import LocalSlurm, namespace_reason, unavailable_reason
 from tests.fixtures.voc import build_voc
 
 # Small enough to generate in well under a second, big enough that every class appears in
@@ -48,6 +48,27 @@ def slurm_cluster() -> Iterator[LocalSlurm]:
     if reason:
         pytest.skip(reason)
     cluster = LocalSlurm()
+    with cluster.session():
+        old = os.environ.get("SLURM_CONF")
+        os.environ.update(cluster.env)
+        try:
+            yield cluster
+        finally:
+            if old is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = old
+
+
+@pytest.fixture(scope="module")
+def slurm_two_nodes() -> Iterator[LocalSlurm]:
+    """A second local cluster whose two nodes are network namespaces (own address and host
+    name each). Module-scoped: SLURM_CONF points at it only while its module runs, so the
+    one-node tests of the same worker keep theirs."""
+    reason = unavailable_reason() or namespace_reason()
+    if reason:
+        pytest.skip(f"two-node SLURM cluster unavailable: {reason}")
+    cluster = LocalSlurm.multi_node(2)
     with cluster.session():
         old = os.environ.get("SLURM_CONF")
         os.environ.update(cluster.env)

@@ -1,4 +1,8 @@
-"""Python handle on the one-node SLURM cluster of ``slurm_cluster.sh`` (tests and demos).
+"""Python handle on the SLURM clusters of ``slurm_cluster.sh`` (tests and demos).
+
+``LocalSlurm()`` is the one-node cluster on this host; ``LocalSlurm.multi_node(2)`` is a
+separate cluster (own state directory and slurmctld port, so both can run at once) whose nodes
+are network namespaces with their own addresses and host names.
 
 ``LocalSlurm.session()`` starts the cluster (or reuses a running one) and registers the calling
 process as a user; when the last registered user leaves, a cluster that a session started is
@@ -23,6 +27,7 @@ SCRIPT = Path(__file__).with_name("slurm_cluster.sh")
 DEFAULT_STATE_DIR = Path(os.environ.get("LABELFEW_SLURM_DIR", "/tmp/labelfew-slurm"))
 REQUIRED_TOOLS = ("slurmctld", "slurmd", "munged", "sinfo", "sbatch", "scontrol", "srun")
 APT_PACKAGES = "slurmctld slurmd slurm-client munge"
+NAMESPACE_TOOLS = ("ip", "nsenter", "unshare")
 
 
 class ClusterError(RuntimeError):
@@ -37,6 +42,27 @@ def unavailable_reason() -> str | None:
     missing = [t for t in REQUIRED_TOOLS if shutil.which(t, path=path) is None]
     if missing:
         return f"SLURM tools missing ({', '.join(missing)}): apt-get install {APT_PACKAGES}"
+    return None
+
+
+def namespace_reason() -> str | None:
+    """Why nodes in network namespaces cannot be made here, or None when they can.
+
+    Tries the real thing (create and delete a namespace): capabilities are often dropped in
+    containers even for root."""
+    path = os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/sbin"
+    missing = [t for t in NAMESPACE_TOOLS if shutil.which(t, path=path) is None]
+    if missing:
+        return f"{', '.join(missing)} missing: apt-get install iproute2 util-linux"
+    probe = f"lfprobe{os.getpid()}"
+    ip = shutil.which("ip", path=path)
+    proc = subprocess.run([ip, "netns", "add", probe], capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        return (
+            f"cannot create a network namespace for the nodes ({proc.stderr.strip()}); needs "
+            "root with CAP_SYS_ADMIN and CAP_NET_ADMIN"
+        )
+    subprocess.run([ip, "netns", "del", probe], capture_output=True, timeout=30)
     return None
 
 
@@ -55,6 +81,26 @@ class LocalSlurm:
     """The cluster whose config and state live in ``state_dir``."""
 
     state_dir: Path = DEFAULT_STATE_DIR
+    nodes: int = 1
+    ctld_port: int | None = None  # None: the script's default (6817)
+    # Several nodes: their name stem, private /24 and bridge; unique per cluster on a host.
+    node_prefix: str = "lfnode"
+    subnet: str = "10.213.0"
+    bridge: str = "lfslurm-br0"
+
+    @classmethod
+    def multi_node(cls, nodes: int = 2) -> LocalSlurm:
+        """``nodes`` nodes in network namespaces, beside the one-node cluster."""
+        return cls(
+            DEFAULT_STATE_DIR.with_name(f"{DEFAULT_STATE_DIR.name}-nodes{nodes}"), nodes, 6827
+        )
+
+    @property
+    def node_names(self) -> list[str]:
+        """SLURM's names of the nodes (the host name for the one-node cluster)."""
+        if self.nodes == 1:
+            return [os.uname().nodename.split(".")[0]]
+        return [f"{self.node_prefix}{i}" for i in range(1, self.nodes + 1)]
 
     @property
     def conf(self) -> Path:
@@ -65,11 +111,25 @@ class LocalSlurm:
         """Variables a client needs to reach this cluster (sbatch, squeue, submitit)."""
         return {"SLURM_CONF": str(self.conf)}
 
-    def _script(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    def kill_node(self, name: str) -> None:
+        """The node dies: its slurmd and every process in its namespace are killed."""
+        proc = self._script("kill-node", name)
+        if proc.returncode != 0:
+            raise ClusterError(proc.stderr.strip())
+
+    def _script(
+        self, command: str, *args: str, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
         env = {**os.environ, "LABELFEW_SLURM_DIR": str(self.state_dir)}
+        env["LABELFEW_SLURM_NODES"] = str(self.nodes)
+        env["LABELFEW_SLURM_NODE_PREFIX"] = self.node_prefix
+        env["LABELFEW_SLURM_SUBNET"] = self.subnet
+        env["LABELFEW_SLURM_BRIDGE"] = self.bridge
+        if self.ctld_port is not None:
+            env["LABELFEW_SLURMCTLD_PORT"] = str(self.ctld_port)
         env["PATH"] = env.get("PATH", "") + os.pathsep + "/usr/sbin:/sbin"
         return subprocess.run(
-            ["bash", str(SCRIPT), command],
+            ["bash", str(SCRIPT), command, *args],
             env=env,
             capture_output=True,
             text=True,
@@ -81,7 +141,7 @@ class LocalSlurm:
 
     def start(self) -> None:
         """Start the daemons (or reuse them) and wait until the node is idle."""
-        reason = unavailable_reason()
+        reason = unavailable_reason() or (namespace_reason() if self.nodes > 1 else None)
         if reason:
             raise ClusterError(reason)
         proc = self._script("start")
