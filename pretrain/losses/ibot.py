@@ -7,18 +7,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# loss.ibot.normalise values: how the per-crop means are averaged (see IBOTPatchLoss).
+NORMALISE = ("all_crops", "masked_crops")
+
 
 class IBOTPatchLoss(nn.Module):
-    """Cross-entropy on masked patches only, normalised per image.
+    """Cross-entropy on masked patches only, averaged per crop, then over crops.
 
-    ``L = mean_{i: M_i > 0} (1 / M_i) sum_{p masked in i} CE(q[p], softmax(z[p] / tau_s))``
-    with ``M_i`` the number of masked patches of crop ``i``; the teacher sees the unmasked
-    crop, the student the masked one.
+    ``l_i = (1 / max(M_i, 1)) sum_{p masked in i} CE(q[p], softmax(z[p] / tau_s))`` with
+    ``M_i`` the number of masked patches of crop ``i`` (the teacher sees the unmasked crop,
+    the student the masked one). ``all_crops`` (iBOT): ``L = mean_i l_i`` over every global
+    crop, an unmasked one counting 0, so the term's weight scales with the masked share.
+    ``masked_crops``: ``L = mean_{i: M_i > 0} l_i``, the same weight whatever that share.
     """
 
-    def __init__(self, student_temp: float = 0.1) -> None:
+    def __init__(self, student_temp: float = 0.1, normalise: str = "all_crops") -> None:
         super().__init__()
+        if normalise not in NORMALISE:
+            raise ValueError(
+                f"loss.ibot.normalise must be one of {list(NORMALISE)}, got {normalise!r}"
+            )
         self.student_temp = student_temp
+        self.normalise = normalise
 
     def forward(
         self,
@@ -32,7 +42,11 @@ class IBOTPatchLoss(nn.Module):
             return student_logits.new_zeros((), dtype=torch.float32)
         log_p = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
         per_patch = (-teacher_probs * log_p).sum(dim=-1)
-        return per_image_mean(per_patch, crop_index, num_crops)
+        if self.normalise == "masked_crops":
+            return per_image_mean(per_patch, crop_index, num_crops)
+        sums = per_patch.new_zeros(num_crops).index_add(0, crop_index, per_patch)
+        counts = torch.bincount(crop_index, minlength=num_crops).to(per_patch.dtype)
+        return (sums / counts.clamp_min(1.0)).mean()
 
 
 def per_image_mean(
