@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from common.config import ConfigError
+from common.distributed import all_reduce_sum
 from pretrain.sharding import full_tensor
 
 CLIP_MODES = ("per_param", "global")
@@ -26,9 +28,18 @@ def check_clip_mode(mode: str) -> str:
 
 
 def grad_norms(params: list[torch.Tensor]) -> torch.Tensor:
-    """The L2 norm of each parameter's gradient [P] (whole norms for sharded gradients)."""
-    norms = [full_tensor(torch.linalg.vector_norm(p.grad.float())) for p in params]
-    return torch.stack(norms) if norms else torch.zeros(0)
+    """The L2 norm of each parameter's whole gradient [P].
+
+    Sharded gradients (FSDP2: every tensor split on dim 0 over all processes) sum their
+    shards' squared norms in one all-reduce, not one collective per tensor.
+    """
+    grads = [p.grad for p in params]
+    if not any(isinstance(g, DTensor) for g in grads):
+        return torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+    if not all(isinstance(g, DTensor) for g in grads):
+        raise RuntimeError("per-parameter clipping needs every gradient sharded or none")
+    local = [torch.linalg.vector_norm(g.to_local().float()) for g in grads]
+    return all_reduce_sum(torch.stack(local).square()).sqrt()
 
 
 @torch.no_grad()
