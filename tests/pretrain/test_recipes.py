@@ -133,7 +133,7 @@ def test_ibot_patch_centre_uses_every_patch_and_the_loss_every_crop(tiny_config)
     s_out = model.student(globals_.flatten(0, 1), masks.flatten(0, 1), None, True)
     t_probs = torch.softmax(all_logits[masks.flatten()] / 0.04, dim=-1)  # centre was 0
     ce = -(t_probs * torch.log_softmax(s_out["patch_logits"] / 0.1, dim=-1)).sum(-1).mean()
-    assert stats["loss_ibot"] == pytest.approx(float(ce) / 4, rel=1e-4)
+    assert stats["loss_ibot"] == pytest.approx(ce.item() / 4, rel=1e-4)
 
 
 def test_patch_head_sharing(tiny_config):
@@ -159,7 +159,7 @@ def test_model_init_takes_the_position_rule_of_the_checkpoint(tiny_config, tmp_p
         "model.num_heads=null",
         "model.patch_size=16",
     ]
-    cfg = tiny_config("maskcluster", *arch, f"model.init={path}")  # maskcluster: timm rule
+    cfg = tiny_config("dino", *arch, f"model.init={path}", "model.pos_interp=timm")
     with pytest.raises(ConfigError, match="model.pos_interp=timm"):
         load_init(cfg)
     cfg = tiny_config("dino", *arch, f"model.init={path}")
