@@ -17,6 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from common.backbone import POS_INTERP, add_pos_embed, backbone_kwargs, build_backbone
+from common.config import ConfigError
 from common.distributed import all_reduce_mean, is_dist
 from pretrain.collapse import TeacherTargets, memax_term
 from pretrain.heads import DINOHead, PixelHead, prototype_layer
@@ -106,7 +107,7 @@ class Encoder(nn.Module):
         )
         patch = heads_cfg.patch
         if patch.share not in PATCH_SHARE:
-            raise ValueError(
+            raise ConfigError(
                 f"heads.patch.share must be one of {list(PATCH_SHARE)}, got {patch.share!r}"
             )
         self.patch_head = None
@@ -134,7 +135,7 @@ class Encoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         if model_cfg.pos_interp not in POS_INTERP:
-            raise ValueError(
+            raise ConfigError(
                 f"model.pos_interp must be one of {list(POS_INTERP)}, got {model_cfg.pos_interp!r}"
             )
         self.pos_interp = str(model_cfg.pos_interp)
@@ -254,7 +255,7 @@ class MetaArch(nn.Module):
         # iBOT centres its patch targets on every patch of the teacher's global crops.
         self.center_all_patches = loss.ibot.normalise == "all_crops"
         if int(loss.ibot.start_epoch) > 0 and self.use_pixel:
-            raise ValueError(
+            raise ConfigError(
                 f"loss.ibot.start_epoch={loss.ibot.start_epoch} unmasks the crops until then, "
                 "which leaves loss.pixel nothing to reconstruct; set loss.ibot.start_epoch=0 "
                 "or loss.pixel.weight=0"

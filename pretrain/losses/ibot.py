@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.config import ConfigError
+
 # loss.ibot.normalise values: how the per-crop means are averaged (see IBOTPatchLoss).
 NORMALISE = ("all_crops", "masked_crops")
 
@@ -24,7 +26,7 @@ class IBOTPatchLoss(nn.Module):
     def __init__(self, student_temp: float = 0.1, normalise: str = "all_crops") -> None:
         super().__init__()
         if normalise not in NORMALISE:
-            raise ValueError(
+            raise ConfigError(
                 f"loss.ibot.normalise must be one of {list(NORMALISE)}, got {normalise!r}"
             )
         self.student_temp = student_temp
