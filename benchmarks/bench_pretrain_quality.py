@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seeds", type=int, default=5, help="seeded low-shot splits per setting")
     parser.add_argument("--pooling", default="cls", choices=["cls", "avg", "cls_avg"])
     parser.add_argument("--out", default=None, help="also write the markdown table here")
+    parser.add_argument("--record", default=None, help="record_result NAME for the table")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
@@ -147,7 +148,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(table)
     if args.out:
         Path(args.out).write_text(table)
+    if args.record:
+        from benchmarks.record import record_result
+
+        record_result(args.record, tables={"quality": as_table(rows)})
     return rows
+
+
+def as_table(rows: list[dict]) -> dict:
+    """The rows as a results table: mean accuracies (%) rounded to one decimal."""
+    columns = ["features"] + [f"logreg {s}-shot" for s in SHOTS]
+    columns += [f"1-NN {s}-shot" for s in SHOTS] + ["20-NN all labels"]
+    out = []
+    for r in rows:
+        cells = [r["name"]] + [round(r[f"logreg_{s}"][0], 1) for s in SHOTS]
+        cells += [round(r[f"knn_{s}"][0], 1) for s in SHOTS] + [round(r["knn20_all"], 1)]
+        out.append(cells)
+    return {"columns": columns, "rows": out}
 
 
 def markdown(rows: list[dict], seeds: int, n_train: int, n_test: int, pooling: str) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from timm.layers import SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 
@@ -127,6 +128,62 @@ def build_backbone(kwargs: dict) -> VisionTransformer:
 
 def num_prefix_tokens(model: VisionTransformer) -> int:
     return int(model.num_prefix_tokens)
+
+
+POS_INTERP = ("dino", "timm")  # ``model.pos_interp`` values
+
+
+def dino_resample_pos(patch_pos: torch.Tensor, old: tuple[int, int], new: tuple[int, int]):
+    """DINO's position interpolation: [1, H0*W0, C] -> [1, h*w, C].
+
+    Bicubic by scale factor ``(h + 0.1) / H0`` (the offset keeps the output size from
+    rounding down), no antialiasing: the sampling points differ from resampling to a
+    size, which is what timm's ``resample_abs_pos_embed`` does (with antialias).
+    """
+    if tuple(old) == tuple(new):
+        return patch_pos
+    (h0, w0), (h, w) = old, new
+    dim = patch_pos.shape[-1]
+    dtype = torch.promote_types(patch_pos.dtype, torch.float32)  # fp32 at least, as timm
+    grid = patch_pos.to(dtype).reshape(1, h0, w0, dim).permute(0, 3, 1, 2)
+    out = F.interpolate(grid, scale_factor=((h + 0.1) / h0, (w + 0.1) / w0), mode="bicubic")
+    return out.permute(0, 2, 3, 1).reshape(1, h * w, dim).to(patch_pos.dtype)
+
+
+def add_pos_embed(model: VisionTransformer, x: torch.Tensor, rule: str) -> torch.Tensor:
+    """Prefix tokens plus position embeddings for patch embeddings ``x`` [B, h, w, C].
+
+    ``rule`` is how a grid other than the training size gets its embeddings: ``timm``
+    (the model's own ``_pos_embed``) or ``dino`` (:func:`dino_resample_pos`).
+    """
+    if rule == "timm" or model.pos_embed is None:
+        return model._pos_embed(x)
+    b, h, w, c = x.shape
+    prefix = [t.expand(b, -1, -1) for t in (model.cls_token, model.reg_token) if t is not None]
+    embedded = 0 if model.no_embed_class else int(model.num_prefix_tokens)
+    pos = model.pos_embed
+    patch_pos = dino_resample_pos(pos[:, embedded:], model.patch_embed.grid_size, (h, w))
+    x = x.reshape(b, h * w, c)
+    if model.no_embed_class:
+        return model.pos_drop(torch.cat([*prefix, x + patch_pos], dim=1))
+    pos = torch.cat([pos[:, :embedded], patch_pos], dim=1)
+    return model.pos_drop(torch.cat([*prefix, x], dim=1) + pos)
+
+
+def trained_pos_interp(info: dict) -> str:
+    """The position rule a backbone was trained with, from its ``backbone.json`` info.
+
+    Our pretraining exports record ``model.pos_interp`` in their config (older ones used
+    timm's rule); timm models use timm's; DINO, DINOv2, iBOT and MSN checkpoints all
+    interpolate DINO's way.
+    """
+    meta = info.get("meta") or {}
+    model_cfg = (meta.get("config") or {}).get("model") or {}
+    if "pos_interp" in model_cfg:
+        return str(model_cfg["pos_interp"])
+    if meta.get("stage") == "pretrain" or str(meta.get("source", "")).startswith("timm:"):
+        return "timm"
+    return "dino" if meta.get("source_format") else "timm"
 
 
 def patch_grid(model: VisionTransformer, height: int, width: int) -> tuple[int, int]:

@@ -22,7 +22,11 @@ Why the key defaults are what they are:
   loss.teacher_temp 0.04 -> 0.07 warm-up: a sharp teacher early avoids the uniform collapse;
       lower loss.teacher_temp if the teacher entropy in metrics.jsonl climbs to log(K).
   train.lr is the rate for a global batch of 256 and is scaled linearly with yours.
-  train.clip_grad 3.0 and freezing the prototypes for the first epoch stabilise early training.
+  train.clip_grad 3.0 and freezing the prototypes for the first epoch stabilise early training;
+      train.clip per_param clips each tensor's gradient on its own, as DINO and iBOT do.
+  dino and ibot step like the official main_dino.py / main_ibot.py (schedules, clipping,
+      position interpolation of local crops: model.pos_interp); docs/pretrain.md shows
+      the per-step comparison.
   train.precision bf16 on GPUs that support it; fp16 adds a grad scaler; fp32 on CPU.
 
 Re-running the same command on the same --output-dir resumes exactly from

@@ -94,17 +94,22 @@ class TeacherTargets(nn.Module):
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     @torch.no_grad()
-    def forward(self, logits: torch.Tensor, temp: float) -> torch.Tensor:
-        """Target probabilities [B, K]; ``centering`` also updates the centre afterwards."""
+    def forward(
+        self, logits: torch.Tensor, temp: float, center_logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Target probabilities [B, K]; ``centering`` also updates the centre afterwards,
+        from ``center_logits`` when given (iBOT: every patch, not only the targeted ones)."""
         logits = logits.float()
         if global_count(logits.shape[0], logits.device) == 0:
+            if self.method == "centering" and center_logits is not None:
+                self.update_center(center_logits)  # iBOT centres even before masking starts
             return logits.softmax(dim=-1)  # nothing to target anywhere (no masked patch)
         if self.method == "sinkhorn":
             return sinkhorn_knopp(logits, temp, self.sinkhorn_iters)
         if self.method == "memax":
             return F.softmax(logits / temp, dim=-1)
         probs = F.softmax((logits - self.center) / temp, dim=-1)
-        self.update_center(logits)
+        self.update_center(logits if center_logits is None else center_logits)
         return probs
 
     @torch.no_grad()

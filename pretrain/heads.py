@@ -55,10 +55,7 @@ class DINOHead(nn.Module):
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
         self.apply(_init_linear)
-        self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
-        self.last_layer.parametrizations.weight.original0.data.fill_(1.0)
-        if norm_last_layer:
-            self.last_layer.parametrizations.weight.original0.requires_grad = False
+        self.last_layer = prototype_layer(bottleneck_dim, out_dim, norm_last_layer)
 
     def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
         """The L2-normalised bottleneck vectors the prototypes score."""
@@ -66,6 +63,16 @@ class DINOHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.last_layer(self.bottleneck(x))
+
+
+def prototype_layer(bottleneck_dim: int, out_dim: int, norm_last_layer: bool) -> nn.Module:
+    """Weight-normalised prototypes without bias; their norm is fixed to 1 when
+    ``norm_last_layer`` (the logits are then cosines)."""
+    layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+    layer.parametrizations.weight.original0.data.fill_(1.0)
+    if norm_last_layer:
+        layer.parametrizations.weight.original0.requires_grad = False
+    return layer
 
 
 class PixelHead(nn.Module):

@@ -4,7 +4,9 @@
 kwargs are read off the checkpoint, the ``model`` keys are rewritten to match (so crops,
 masks and the saved config agree), and a ``model`` key the config sets to something else is
 an error. Position embeddings are resampled to ``crops.global_size`` by timm's
-``checkpoint_filter_fn``; heads and the mask token start fresh.
+``checkpoint_filter_fn``; local crops then use the position rule the checkpoint was trained
+with (``model.pos_interp``: DINO's for DINO / DINOv2 / iBOT / MSN files, timm's for timm
+models, the recorded one for our exports). Heads and the mask token start fresh.
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
-from common.backbone import ARCH_PRESETS, EMBED_LAYERS, build_backbone, load_backbone
+from common.backbone import (
+    ARCH_PRESETS,
+    EMBED_LAYERS,
+    build_backbone,
+    load_backbone,
+    trained_pos_interp,
+)
 from common.checkpoint import load_state_dict_strict
 from common.checkpoint_formats import to_timm_state
 from common.config import Config, ConfigError, load_config
@@ -40,7 +48,7 @@ class InitBackbone:
     meta: dict
 
 
-def _conflicts(model_cfg: Config, defaults: Config, kwargs: dict) -> list[str]:
+def _conflicts(model_cfg: Config, defaults: Config, kwargs: dict, pos_interp: str) -> list[str]:
     """``model.<key>=<value>`` entries the config sets (away from the defaults) that the
     checkpoint contradicts."""
     out = []
@@ -54,6 +62,8 @@ def _conflicts(model_cfg: Config, defaults: Config, kwargs: dict) -> list[str]:
     ckpt_stem = "conv" if kwargs.get("embed_layer") in EMBED_LAYERS else "patch"
     if model_cfg.stem != defaults.stem and model_cfg.stem != ckpt_stem:
         out.append(f"model.stem={model_cfg.stem}")
+    if model_cfg.pos_interp != defaults.pos_interp and model_cfg.pos_interp != pos_interp:
+        out.append(f"model.pos_interp={model_cfg.pos_interp} (trained with {pos_interp})")
     return out
 
 
@@ -65,7 +75,8 @@ def load_init(cfg: Config) -> InitBackbone | None:
     weights = cfg.model.init.weights
     model, info = load_backbone(str(source), weights=str(weights) if weights else None)
     kwargs = dict(info["timm_kwargs"])
-    conflicts = _conflicts(cfg.model, load_config("pretrain").model, kwargs)
+    pos_interp = trained_pos_interp(info)
+    conflicts = _conflicts(cfg.model, load_config("pretrain").model, kwargs, pos_interp)
     if conflicts:
         arch = ", ".join(f"{k} {kwargs[kw]}" for k, kw in ARCH_KEYS.items())
         raise ConfigError(
@@ -82,6 +93,7 @@ def load_init(cfg: Config) -> InitBackbone | None:
     cfg.model.update(
         arch="custom",
         stem="conv" if kwargs.get("embed_layer") in EMBED_LAYERS else "patch",
+        pos_interp=pos_interp,
         **{key: int(kwargs[kw]) for key, kw in ARCH_KEYS.items()},
     )
     kwargs.update(img_size=size, drop_path_rate=float(cfg.model.drop_path_rate))
@@ -89,10 +101,12 @@ def load_init(cfg: Config) -> InitBackbone | None:
     state = to_timm_state(model.state_dict(), target)  # resamples pos_embed to the new grid
     load_state_dict_strict(target, state, f"model.init={source}")
     log.info(
-        "model.init: starting from %s (%s): dim %d, depth %d, heads %d, patch %d, %d registers",
+        "model.init: starting from %s (%s): dim %d, depth %d, heads %d, patch %d, %d registers, "
+        "%s position interpolation",
         source,
         info["meta"].get("source_format", "export"),
         *(kwargs[kw] for kw in ARCH_KEYS.values()),
+        pos_interp,
     )
     meta = {"init": str(source), **{k: v for k, v in info["meta"].items() if k == "normalize"}}
     return InitBackbone(kwargs, target.state_dict(), meta)

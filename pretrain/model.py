@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from common.backbone import backbone_kwargs, build_backbone
+from common.backbone import POS_INTERP, add_pos_embed, backbone_kwargs, build_backbone
+from common.config import ConfigError
 from common.distributed import all_reduce_mean, is_dist
 from pretrain.collapse import TeacherTargets, memax_term
-from pretrain.heads import DINOHead, PixelHead
+from pretrain.heads import DINOHead, PixelHead, prototype_layer
 from pretrain.init import InitBackbone
 from pretrain.losses.dino import DINOLoss
 from pretrain.losses.ibot import IBOTPatchLoss
@@ -28,6 +29,10 @@ from pretrain.losses.reconstruction import PixelReconstructionLoss, patchify
 from pretrain.sharding import local_shards
 
 log = logging.getLogger(__name__)
+
+# heads.patch.share: none = an own patch head; mlp = the cls head's MLP with own prototypes
+# (iBOT's shared_head=false); all = the cls head itself (iBOT's shared_head=true).
+PATCH_SHARE = ("none", "mlp", "all")
 
 
 def backbone_kwargs_from_config(model_cfg, img_size: int) -> dict:
@@ -50,16 +55,18 @@ def encode_tokens(
     images: torch.Tensor,
     masks: torch.Tensor | None = None,
     mask_token: torch.Tensor | None = None,
+    pos_interp: str = "timm",
 ) -> torch.Tensor:
     """Final-norm tokens [B, N, C]; masked patch embeddings are replaced by ``mask_token``.
 
     Mirrors timm's ``forward_features`` with the replacement inserted before the position
-    embedding, as in iBOT/BEiT (the mask token still gets its patch's position).
+    embedding, as in iBOT/BEiT (the mask token still gets its patch's position); crops of
+    another size get their position embeddings by ``pos_interp`` (``model.pos_interp``).
     """
     x = backbone.patch_embed(images)  # [B, h, w, C]: dynamic_img_size keeps the grid
     if masks is not None:
         x = torch.where(masks.unsqueeze(-1), mask_token.to(x.dtype), x)
-    x = backbone._pos_embed(x)
+    x = add_pos_embed(backbone, x, pos_interp)
     x = backbone.patch_drop(x)
     x = backbone.norm_pre(x)
     x = backbone.blocks(x)
@@ -82,6 +89,9 @@ class Encoder(nn.Module):
         super().__init__()
         self.kwargs = kwargs or backbone_kwargs_from_config(model_cfg, img_size)
         self.backbone = build_backbone(self.kwargs)
+        if self.backbone.cls_token is not None:
+            # DINO / iBOT / MSN draw the cls token like the position embeddings (timm: 1e-6).
+            nn.init.trunc_normal_(self.backbone.cls_token, std=0.02)
         dim = self.backbone.embed_dim
         self.patch_size = int(self.kwargs["patch_size"])
         self.prefix = int(self.backbone.num_prefix_tokens)
@@ -96,8 +106,17 @@ class Encoder(nn.Module):
             cls.use_bn,
         )
         patch = heads_cfg.patch
+        if patch.share not in PATCH_SHARE:
+            raise ConfigError(
+                f"heads.patch.share must be one of {list(PATCH_SHARE)}, got {patch.share!r}"
+            )
         self.patch_head = None
-        if use_patch_head and not patch.shared:
+        self.patch_prototypes = None  # share=mlp: iBOT's own prototypes on the cls head's MLP
+        if use_patch_head and patch.share == "mlp":
+            self.patch_prototypes = prototype_layer(
+                cls.bottleneck_dim, patch.out_dim, patch.norm_last_layer
+            )
+        if use_patch_head and patch.share == "none":
             self.patch_head = DINOHead(
                 dim,
                 patch.out_dim,
@@ -115,14 +134,32 @@ class Encoder(nn.Module):
         self.head_input = cls.input
         self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
+        if model_cfg.pos_interp not in POS_INTERP:
+            raise ConfigError(
+                f"model.pos_interp must be one of {list(POS_INTERP)}, got {model_cfg.pos_interp!r}"
+            )
+        self.pos_interp = str(model_cfg.pos_interp)
+
+    def encode(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        return encode_tokens(self.backbone, images, masks, self.mask_token, self.pos_interp)
 
     def summary(self, tokens: torch.Tensor) -> torch.Tensor:
         """The image-level token the cls head sees: the cls token or the mean patch token."""
         return tokens[:, 0] if self.head_input == "cls" else tokens[:, self.prefix :].mean(dim=1)
 
     def patch_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.patch_prototypes is not None:
+            return self.patch_prototypes(self.cls_head.bottleneck(tokens))
         head = self.patch_head if self.patch_head is not None else self.cls_head
         return head(tokens)
+
+    @property
+    def last_layers(self) -> list[nn.Module]:
+        """The prototype layers (DINO's ``last_layer``), frozen for the first epochs."""
+        heads = [self.cls_head.last_layer, self.patch_prototypes]
+        if self.patch_head is not None:
+            heads.append(self.patch_head.last_layer)
+        return [h for h in heads if h is not None]
 
     def forward(
         self,
@@ -136,10 +173,10 @@ class Encoder(nn.Module):
         Returns ``cls_logits`` [(G+L)*B, K] (globals first), ``cls_tokens`` of the globals,
         and for the masked patches ``patch_logits`` and ``pixel_pred`` when those heads run.
         """
-        g_tokens = encode_tokens(self.backbone, global_crops, masks, self.mask_token)
+        g_tokens = self.encode(global_crops, masks)
         cls_tokens = [self.summary(g_tokens)]
         if local_crops is not None:
-            cls_tokens.append(self.summary(encode_tokens(self.backbone, local_crops)))
+            cls_tokens.append(self.summary(self.encode(local_crops)))
         out = {"cls_logits": self.cls_head(torch.cat(cls_tokens)), "cls_tokens": cls_tokens[0]}
         masked = g_tokens[:, self.prefix :][masks.flatten(1)]
         if with_patch_logits:
@@ -150,13 +187,22 @@ class Encoder(nn.Module):
 
     @torch.no_grad()
     def teacher_forward(
-        self, global_crops: torch.Tensor, masks: torch.Tensor, with_patch_logits: bool
+        self,
+        global_crops: torch.Tensor,
+        masks: torch.Tensor,
+        with_patch_logits: bool,
+        all_patches: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Teacher logits on unmasked global crops (patch logits at the student's masked spots)."""
-        tokens = encode_tokens(self.backbone, global_crops)
+        """Teacher logits on unmasked global crops: patch logits at the student's masked
+        spots, and with ``all_patches`` those of every patch too (``all_patch_logits``)."""
+        tokens = self.encode(global_crops)
         z = self.cls_head.bottleneck(self.summary(tokens))
         out = {"cls_logits": self.cls_head.last_layer(z), "cls_bottleneck": z}
-        if with_patch_logits:
+        if with_patch_logits and all_patches:
+            logits = self.patch_logits(tokens[:, self.prefix :].flatten(0, 1))
+            out["all_patch_logits"] = logits
+            out["patch_logits"] = logits[masks.flatten()]
+        elif with_patch_logits:
             out["patch_logits"] = self.patch_logits(tokens[:, self.prefix :][masks.flatten(1)])
         return out
 
@@ -199,12 +245,21 @@ class MetaArch(nn.Module):
         self.cls_targets = TeacherTargets(
             loss.dino.collapse, cfg.heads.cls.out_dim, loss.center_momentum, loss.sinkhorn_iters
         )
-        patch_dim = cfg.heads.cls.out_dim if cfg.heads.patch.shared else cfg.heads.patch.out_dim
+        shared = cfg.heads.patch.share == "all"
+        patch_dim = cfg.heads.cls.out_dim if shared else cfg.heads.patch.out_dim
         self.patch_targets = TeacherTargets(
             loss.ibot.collapse, patch_dim, loss.center_momentum, loss.sinkhorn_iters
         )
         self.dino_loss = DINOLoss(loss.student_temp)
-        self.ibot_loss = IBOTPatchLoss(loss.student_temp)
+        self.ibot_loss = IBOTPatchLoss(loss.student_temp, loss.ibot.normalise)
+        # iBOT centres its patch targets on every patch of the teacher's global crops.
+        self.center_all_patches = loss.ibot.normalise == "all_crops"
+        if int(loss.ibot.start_epoch) > 0 and self.use_pixel:
+            raise ConfigError(
+                f"loss.ibot.start_epoch={loss.ibot.start_epoch} unmasks the crops until then, "
+                "which leaves loss.pixel nothing to reconstruct; set loss.ibot.start_epoch=0 "
+                "or loss.pixel.weight=0"
+            )
         self.pixel_loss = PixelReconstructionLoss(loss.pixel.norm_pix)
         self.koleo_loss = KoLeoLoss()
         # Unbound, so that it takes the teacher as an argument: a deep copy of the model
@@ -237,11 +292,16 @@ class MetaArch(nn.Module):
         return self
 
     def forward(
-        self, batch: dict[str, torch.Tensor], teacher_temp: float, student: nn.Module | None = None
+        self,
+        batch: dict[str, torch.Tensor],
+        teacher_temp: float,
+        student: nn.Module | None = None,
+        patch_temp: float | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Total loss and per-term values for one multi-crop batch.
 
         ``student`` is the (possibly DDP-wrapped) student to call; defaults to ``self.student``.
+        ``patch_temp``: the teacher temperature of the patch targets (None = ``teacher_temp``).
         """
         student = student if student is not None else self.student
         globals_ = batch["global_crops"]  # [G, B, 3, S, S]
@@ -252,7 +312,8 @@ class MetaArch(nn.Module):
         l_flat = local.flatten(0, 1) if local is not None and local.shape[0] > 0 else None
         n_views = n_global + (local.shape[0] if l_flat is not None else 0)
 
-        t_out = self.teacher_forward(self.teacher, g_flat, masks, self.use_ibot)
+        center_all = self.use_ibot and self.center_all_patches
+        t_out = self.teacher_forward(self.teacher, g_flat, masks, self.use_ibot, center_all)
         s_out = student(g_flat, masks, l_flat, self.use_ibot)
         terms: dict[str, torch.Tensor] = {}
         stats: dict[str, float] = {}
@@ -277,7 +338,11 @@ class MetaArch(nn.Module):
         )
         if self.use_ibot:
             # Called on every process even with no masked patch here: the targets all-reduce.
-            t_patch = self.patch_targets(t_out["patch_logits"], teacher_temp)
+            t_patch = self.patch_targets(
+                t_out["patch_logits"],
+                teacher_temp if patch_temp is None else patch_temp,
+                center_logits=t_out.get("all_patch_logits"),
+            )
             terms["ibot"] = loss.ibot.weight * self.ibot_loss(
                 s_out["patch_logits"], t_patch, crop_index, g_flat.shape[0]
             )

@@ -2,7 +2,9 @@
 
 Each schedule is a NumPy array with one value per training iteration, so resuming at step
 ``s`` is a lookup of index ``s`` rather than a replay, and a straight run and a resumed run
-see identical values.
+see identical values. The formulas are those of DINO's ``cosine_scheduler`` and teacher
+temperature (also used by iBOT), so a preset steps through the same values as the
+published code.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ def cosine_schedule(
 ) -> np.ndarray:
     """Linear warm-up from ``warmup_start`` to ``start``, then cosine from ``start`` to ``end``.
 
-    Value at step ``i`` after warm-up: ``end + (start - end) * (1 + cos(pi * t / T)) / 2``
-    with ``t = i - warmup_steps`` and ``T = total_steps - warmup_steps``; the last step
-    lands exactly on ``end``.
+    DINO's ``cosine_scheduler``: the warm-up is ``linspace(warmup_start, start, W)`` with its
+    endpoint (its last step already sits at ``start``); after it, step ``i`` takes
+    ``end + (start - end) * (1 + cos(pi * t / T)) / 2`` with ``t = i - W`` and
+    ``T = total_steps - W``, so the last step stops one step short of ``end``.
     """
     if total_steps <= 0:
         raise ValueError(f"a schedule needs at least one step, got total_steps={total_steps}")
@@ -28,23 +31,21 @@ def cosine_schedule(
             f"warm-up of {warmup_steps} steps does not fit in {total_steps} steps; "
             "lower the warm-up epochs or train longer"
         )
-    warmup = np.linspace(warmup_start, start, warmup_steps, endpoint=False)
+    warmup = np.linspace(warmup_start, start, warmup_steps)
     n = total_steps - warmup_steps
-    if n == 1:
-        cosine = np.array([start])
-    else:
-        t = np.arange(n) / (n - 1)
-        cosine = end + 0.5 * (start - end) * (1.0 + np.cos(np.pi * t))
+    cosine = end + 0.5 * (start - end) * (1.0 + np.cos(np.pi * np.arange(n) / max(n, 1)))
     return np.concatenate([warmup, cosine])
 
 
-def warmup_then_constant(
-    start: float, end: float, total_steps: int, warmup_steps: int
+def per_epoch_warmup(
+    start: float, end: float, epochs: int, steps_per_epoch: int, warmup_epochs: int
 ) -> np.ndarray:
-    """Linear ramp from ``start`` to ``end`` over ``warmup_steps``, then ``end`` (teacher temp)."""
-    warmup_steps = min(warmup_steps, total_steps)
-    ramp = np.linspace(start, end, warmup_steps, endpoint=False)
-    return np.concatenate([ramp, np.full(total_steps - warmup_steps, end)])
+    """DINO's teacher temperature: ``linspace(start, end, W)`` over the first ``W`` epochs
+    (endpoint included), then ``end``; constant within an epoch, one value per iteration."""
+    per_epoch = np.concatenate(
+        [np.linspace(start, end, warmup_epochs), np.full(max(epochs - warmup_epochs, 0), end)]
+    )[:epochs]
+    return np.repeat(per_epoch, steps_per_epoch)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Schedules:
     weight_decay: np.ndarray
     momentum: np.ndarray
     teacher_temp: np.ndarray
+    patch_temp: np.ndarray
 
     def __len__(self) -> int:
         return len(self.lr)
@@ -66,7 +68,23 @@ class Schedules:
             "wd": float(self.weight_decay[i]),
             "momentum": float(self.momentum[i]),
             "teacher_temp": float(self.teacher_temp[i]),
+            "patch_temp": float(self.patch_temp[i]),
         }
+
+
+def patch_temperature(loss_cfg, epochs: int, steps_per_epoch: int) -> np.ndarray:
+    """iBOT's patch temperature: its own warm-up, held at its start value before
+    ``loss.ibot.start_epoch`` (iBOT's ``pred_start_epoch``); ``null`` temps follow the cls ones."""
+    ibot = loss_cfg.ibot
+    warm = ibot.warmup_teacher_temp
+    final = ibot.teacher_temp
+    warm = float(loss_cfg.warmup_teacher_temp if warm is None else warm)
+    final = float(loss_cfg.teacher_temp if final is None else final)
+    start = int(ibot.start_epoch)
+    warmup = int(loss_cfg.warmup_teacher_temp_epochs)
+    held = np.full(min(start, epochs) * steps_per_epoch, warm)
+    rest = per_epoch_warmup(warm, final, max(epochs - start, 0), steps_per_epoch, warmup)
+    return np.concatenate([held, rest])
 
 
 def build_schedules(train_cfg, loss_cfg, steps_per_epoch: int, global_batch: int) -> Schedules:
@@ -74,10 +92,11 @@ def build_schedules(train_cfg, loss_cfg, steps_per_epoch: int, global_batch: int
 
     The peak learning rate follows the linear scaling rule: ``train.lr * global_batch / 256``.
     """
-    total = int(train_cfg.epochs) * steps_per_epoch
+    epochs = int(train_cfg.epochs)
+    total = epochs * steps_per_epoch
     peak_lr = float(train_cfg.lr) * global_batch / 256.0
     warmup = int(round(float(train_cfg.warmup_epochs) * steps_per_epoch))
-    temp_warmup = int(round(float(loss_cfg.warmup_teacher_temp_epochs) * steps_per_epoch))
+    temp_warmup = int(loss_cfg.warmup_teacher_temp_epochs)  # whole epochs (config type)
     return Schedules(
         lr=cosine_schedule(peak_lr, float(train_cfg.min_lr), total, warmup),
         weight_decay=cosine_schedule(
@@ -86,7 +105,12 @@ def build_schedules(train_cfg, loss_cfg, steps_per_epoch: int, global_batch: int
         momentum=cosine_schedule(
             float(train_cfg.momentum_teacher), float(train_cfg.momentum_teacher_end), total
         ),
-        teacher_temp=warmup_then_constant(
-            float(loss_cfg.warmup_teacher_temp), float(loss_cfg.teacher_temp), total, temp_warmup
+        teacher_temp=per_epoch_warmup(
+            float(loss_cfg.warmup_teacher_temp),
+            float(loss_cfg.teacher_temp),
+            epochs,
+            steps_per_epoch,
+            temp_warmup,
         ),
+        patch_temp=patch_temperature(loss_cfg, epochs, steps_per_epoch),
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import resource
 import time
 
@@ -30,6 +29,7 @@ from common.optim import NonFiniteLossError
 from common.preemption import Preempted, stop_requested
 from common.rundir import MetricsLogger, RunDir
 from common.runtime import resolve_device, rng_state, set_rng_state
+from pretrain.clipping import check_clip_mode, clip_gradients
 from pretrain.data import (
     MultiCropDataset,
     augment_on_device,
@@ -46,7 +46,6 @@ from pretrain.sharding import (
     checkpoint_blocks,
     drop_unsaved_optimizer_state,
     full_state_dict,
-    full_tensor,
     load_training_state,
     shard_meta_arch,
     training_state,
@@ -109,6 +108,7 @@ class Trainer:
         if t.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {t.on_nonfinite!r}")
         self.parallel = check_parallel(t)
+        self.clip = check_clip_mode(t.clip)
         on_device = augment_on_device(cfg.data.augment_on, self.device)
         self.dataset = MultiCropDataset(
             load_unlabeled(cfg.data),
@@ -129,6 +129,7 @@ class Trainer:
         self.model = MetaArch(cfg, self.init).to(self.device)
         if self.world > 1:
             sync_batch_norm(self.model)  # global-batch statistics, as one process computes
+        self.mask_start = int(cfg.loss.ibot.start_epoch) * self.steps_per_epoch
         if t.activation_checkpointing:
             checkpoint_blocks(self.model.student.backbone)
         if t.compile:
@@ -148,9 +149,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups(self.model.student))
         self.autocast_dtype = PRECISIONS[t.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
-        self.last_layer_params = set(self.model.student.cls_head.last_layer.parameters())
-        if self.model.student.patch_head is not None:
-            self.last_layer_params |= set(self.model.student.patch_head.last_layer.parameters())
+        self.last_layer_params = {
+            p for layer in self.model.student.last_layers for p in layer.parameters()
+        }
         self.step = 0
         self.skipped = 0
         self.train_seconds = 0.0  # wall-clock spent training, summed over resumes
@@ -279,22 +280,26 @@ class Trainer:
         if "images" in batch:  # data.augment_on=device: uint8 images + drawn crop parameters
             batch = self.augment(batch)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        if self.step < self.mask_start:
+            # iBOT's pred_start_epoch: the student sees unmasked crops until then.
+            batch["masks"] = torch.zeros_like(batch["masks"])
         with torch.autocast(
             self.device.type,
             dtype=self.autocast_dtype or torch.float32,
             enabled=self.autocast_dtype is not None,
         ):
-            loss, stats = self.model(batch, values["teacher_temp"], self.student)
+            loss, stats = self.model(
+                batch, values["teacher_temp"], self.student, patch_temp=values["patch_temp"]
+            )
         self.optimizer.zero_grad(set_to_none=True)
         grad_norm = torch.zeros((), device=self.device)
         finite = self._all_finite(loss.detach())
         if finite:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-            params = [p for p in self.model.student.parameters() if p.grad is not None]
-            clip = float(self.cfg.train.clip_grad)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
-            grad_norm = full_tensor(grad_norm)  # fsdp: the norm over all shards
+            grad_norm = clip_gradients(
+                list(self.model.student.parameters()), float(self.cfg.train.clip_grad), self.clip
+            )
             # With fp16 an inf gradient is routine: the grad scaler skips that step itself.
             finite = self.scaler.is_enabled() or self._all_finite(grad_norm)
         if not finite:

@@ -41,16 +41,24 @@ def test_dino_loss_needs_two_views():
         DINOLoss()([torch.zeros(2, 3)], [torch.zeros(2, 3)])
 
 
-def test_ibot_loss_normalises_per_image():
+def test_ibot_loss_normalisations_on_a_planted_mask_pattern():
     rng = np.random.default_rng(1)
-    # Crop 0 has 1 masked patch, crop 1 has 3, crop 2 none: each crop weighs the same.
+    # 4 global crops: crop 0 has 1 masked patch, crop 1 has 3, crops 2 and 3 none.
     crop = np.array([0, 1, 1, 1])
     s = rng.normal(size=(4, 6))
     t = _softmax(rng.normal(size=(4, 6)))
     ce = -(t * np.log(_softmax(s / 0.1))).sum(axis=1)
-    expected = (ce[0] + ce[1:].mean()) / 2
-    got = IBOTPatchLoss(0.1)(torch.tensor(s), torch.tensor(t), torch.tensor(crop), num_crops=3)
-    assert got.item() == pytest.approx(expected, rel=1e-6)
+    per_crop = [ce[0], ce[1:].mean()]
+    args = (torch.tensor(s), torch.tensor(t), torch.tensor(crop))
+    # masked_crops: each masked crop weighs the same, unmasked crops do not count.
+    got = IBOTPatchLoss(0.1, "masked_crops")(*args, num_crops=4)
+    assert got.item() == pytest.approx(sum(per_crop) / 2, rel=1e-6)
+    # all_crops (iBOT): every crop counts, the unmasked ones as 0: the masked share (2/4)
+    # scales the term.
+    got = IBOTPatchLoss(0.1, "all_crops")(*args, num_crops=4)
+    assert got.item() == pytest.approx(sum(per_crop) / 4, rel=1e-6)
+    with pytest.raises(ValueError, match="loss.ibot.normalise"):
+        IBOTPatchLoss(0.1, "patches")
 
 
 def test_pixel_loss_l1_on_normalised_patches():

@@ -39,6 +39,8 @@ SMALL = [
     "train.checkpoint_every=2",
     "train.log_every=1",
     "eval.every=4",
+    "train.clip=per_param",  # each tensor's norm over its shards (fsdp) or whole (ddp)
+    "train.clip_grad=0.05",  # low enough that tensors get clipped
 ]
 FSDP = ["train.parallel=fsdp", "train.activation_checkpointing=true"]
 
