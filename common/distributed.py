@@ -114,14 +114,19 @@ def init_distributed(device: torch.device) -> DistEnv:
         denv.master_addr,
         denv.master_port,
     )
-    # Per-node identity in every rank's log: wrong hosts or addresses show up here first.
+    log_placement(denv)
+    return denv
+
+
+def log_placement(denv: DistEnv) -> None:
+    """Per-node identity in every rank's log (``launch status`` lists each node's logs from
+    it): wrong hosts or addresses show up here first."""
     log.info(
         "distributed: rank %d runs on host %s, address %s",
         denv.rank,
         socket.gethostname(),
         local_address(denv.master_addr),
     )
-    return denv
 
 
 def is_dist() -> bool:

@@ -86,10 +86,17 @@ class FeatureStore:
         rows = self.rows(shard)
         if values.shape != (len(rows), self.dim):
             raise ValueError(f"shard {shard} needs {(len(rows), self.dim)}, got {values.shape}")
-        mm = np.load(self.dir / "features.npy", mmap_mode="r+")
-        mm[rows.start : rows.stop] = values
-        mm.flush()
-        del mm
+        on_disk = np.load(self.dir / "features.npy", mmap_mode="r")  # the header: offset, dtype
+        offset, data = on_disk.offset, np.ascontiguousarray(values, dtype=on_disk.dtype)
+        del on_disk
+        # Written as a byte range, not through a shared memory map: a shard's first and last
+        # pages hold rows of other ranks' shards, and a network file system writes back whole
+        # dirty pages of a map, so two nodes could undo each other's rows there.
+        with (self.dir / "features.npy").open("r+b") as fh:
+            fh.seek(offset + rows.start * self.dim * data.itemsize)
+            fh.write(data.tobytes())
+            fh.flush()
+            os.fsync(fh.fileno())
         (self.dir / "done" / f"{shard:06d}").touch()
 
     def complete(self) -> bool:

@@ -69,6 +69,16 @@ def fill_own_shards(
     env = detect_env()
     dataset = LabelledDataset(images, eval_transform(**prep))
     todo = store.missing(env.rank, env.world_size)
+    if env.world_size > 1:
+        log.info(
+            "rank %d/%d writes %d shard(s) of %s into %s: %s",
+            env.rank,
+            env.world_size,
+            len(todo),
+            images.split,
+            store.dir,
+            ",".join(map(str, todo)),
+        )
     bar = tqdm(total=sum(len(store.rows(s)) for s in todo), desc=f"features {images.split}")
 
     def compute(rows: range) -> np.ndarray:
@@ -81,9 +91,17 @@ def fill_own_shards(
     return store
 
 
-def wait_and_read(store: FeatureStore, wait_s: float = 10.0) -> np.ndarray:
-    """Every row of ``store`` (memory-mapped) once all ranks have written their shards."""
+def wait_and_read(store: FeatureStore, poll_s: float = 1.0, log_s: float = 60.0) -> np.ndarray:
+    """Every row of ``store`` (memory-mapped) once all ranks have written their shards.
+
+    Polls the shard markers every ``poll_s`` (a few hundred stat calls at ImageNet size) and
+    says what it waits for every ``log_s``."""
+    logged = -float("inf")
     while not store.complete():
-        log.info("waiting for %d shard(s) of other ranks in %s", len(store.missing()), store.dir)
-        time.sleep(wait_s)
+        if time.monotonic() - logged >= log_s:
+            log.info(
+                "waiting for %d shard(s) of other ranks in %s", len(store.missing()), store.dir
+            )
+            logged = time.monotonic()
+        time.sleep(poll_s)
     return store.read()

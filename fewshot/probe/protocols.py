@@ -29,7 +29,7 @@ from common.datasets.classification import (
     split_indices,
     spread_indices,
 )
-from common.distributed import detect_env
+from common.distributed import detect_env, log_placement
 from common.knn_chunked import knn_search, weighted_votes
 from common.rundir import RunDir
 from common.runtime import resolve_device
@@ -150,6 +150,9 @@ def run(cfg: Config, run_dir: RunDir) -> dict | None:
     backbone = open_backbone(cfg.backbone, resolve_device(cfg.device), "fewshot.probe")
     check_input_size(backbone.info, section.crop, f"{cfg.protocol}.crop")
     cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir.root / "cache"
+    denv = detect_env()
+    if denv.world_size > 1:
+        log_placement(denv)
     # Every rank writes its shards of both splits before rank 0 waits for all of them.
     stores = {
         name: fill_own_shards(
@@ -165,9 +168,8 @@ def run(cfg: Config, run_dir: RunDir) -> dict | None:
         )
         for name, images in (("train", train), ("test", test))
     }
-    rank = detect_env().rank
-    if rank != 0:
-        log.info("rank %d: its feature shards are written; rank 0 runs the probe", rank)
+    if denv.rank != 0:
+        log.info("rank %d: its feature shards are written; rank 0 runs the probe", denv.rank)
         return None
     feats = {name: wait_and_read(store) for name, store in stores.items()}
     n_cls = len(train.classes)

@@ -1,8 +1,10 @@
-"""Pretrain jobs across two SLURM nodes (network namespaces with their own addresses and host
-names) against the same world size on one node: DDP and FSDP, a requeue, a node that dies."""
+"""Jobs across two SLURM nodes (network namespaces with their own addresses and host names)
+against one node: pretraining (DDP and FSDP, a requeue, a node that dies) against the same
+world size, and the probes' sharded feature extraction against one process."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -10,16 +12,21 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from common.backbone import backbone_kwargs, build_backbone, export_backbone
 from common.checkpoint import load_torch_file
+from common.cli import stage_main
 from common.rundir import read_metrics
+from fewshot.probe.stage import run as probe_stage
 from launch.__main__ import main
 from launch.records import read_record
 from launch.slurm import job_infos
 from launch.status import collect, format_status
 from launch.testing.cluster import LocalSlurm
+from tests.fewshot.probe.imagenet_like import write_imagenet_like
 from tests.launch.conftest import TINY_PRETRAIN
 
 pytestmark = pytest.mark.slurm
@@ -129,11 +136,74 @@ def test_two_nodes_equal_one_node_through_a_requeue_a_lone_signal_and_a_dead_nod
 ) -> None:
     """One test, so one pytest worker owns the cluster while a node is killed."""
     nodes = slurm_two_nodes.node_names
+    _check_probe_features_sharded_across_two_nodes(nodes, tmp_path / "probe")
     runs = _reference_and_requeued_runs(fashion_scenes_root, tmp_path)
     _check_fsdp_across_two_nodes_through_a_requeue(runs, nodes)
     _check_ddp_through_a_lone_signal_and_a_dead_node(
         runs["ddp1"], slurm_two_nodes, fashion_scenes_root, tmp_path / "ddp2"
     )
+
+
+SHARD_LINE = re.compile(r"rank (\d)/2 writes \d+ shard\(s\) of (\w+) into \S+: ([\d,]*)")
+
+
+def _stores(cache: Path) -> dict[str, np.ndarray]:
+    """split -> features of each store in ``cache`` (every one must be complete)."""
+    out = {}
+    for store in cache.iterdir():
+        record = json.loads((store / "record.json").read_text())
+        shards = -(-record["n"] // record["shard_size"])
+        assert len(list((store / "done").iterdir())) == shards, f"{store}: shards missing"
+        assert {p.name for p in store.iterdir()} == {"record.json", "features.npy", "done"}
+        out[record["split"]] = np.load(store / "features.npy")
+    return out
+
+
+def _check_probe_features_sharded_across_two_nodes(nodes: list[str], root: Path) -> None:
+    """DINO's k-NN probe launched as a two-node job (one task per node, 4-image shards): each
+    node's rank writes its own shards (s % 2 == rank) into one store per split in the shared
+    run directory, rank 0 waits for them and probes. The stores hold every shard, their
+    features equal a one-process run's (default 4096-image shards, so other batches: float32
+    to 1e-5) and so do the predictions of every k; status lists each node's log."""
+    inet = write_imagenet_like(root / "inet", 6, 3)  # 24 train / 12 val images, 4 classes
+    torch.manual_seed(0)
+    kwargs = backbone_kwargs("custom", 32, 16, embed_dim=48, depth=2, num_heads=3)
+    export = export_backbone(build_backbone(kwargs), kwargs, root / "vit")
+    args = ["--config", "dino_knn", f"backbone={export}", f"data.root={inet}", "threads=1"]
+    two, one = root / "two_nodes", root / "one_process"
+    submit = ["fewshot/probe", *args, "--executor", "slurm", "--output-dir", str(two)]
+    assert main([*submit, *TWO_NODES, "store.shard_size=4", "--no-wait"]) == 0
+    single = stage_main("fewshot/probe", probe_stage, "test", [*args, "--output-dir", str(one)])
+    assert _wait(two) == "COMPLETED", format_status(collect(two))
+
+    hosts = _hosts(two)
+    assert [hosts[0][0], hosts[1][0]] == nodes and hosts[0][1] != hosts[1][1]
+    written = {}
+    for rank, log in enumerate(("log.txt", "log.rank1.txt")):
+        for r, split, shards in SHARD_LINE.findall((two / log).read_text()):
+            assert int(r) == rank
+            written[rank, split] = [int(s) for s in shards.split(",")]
+    assert written == {
+        (0, "train"): [0, 2, 4],
+        (1, "train"): [1, 3, 5],
+        (0, "val"): [0, 2],
+        (1, "val"): [1],
+    }
+    sharded, reference = _stores(two / "cache"), _stores(one / "cache")
+    assert sharded.keys() == reference.keys() == {"train", "val"}
+    for split in sharded:
+        np.testing.assert_allclose(sharded[split], reference[split], rtol=1e-5, atol=1e-5)
+    got, ref = np.load(two / "predictions.npz"), np.load(one / "predictions.npz")
+    assert sorted(got.files) == sorted(ref.files) == [f"all/k{k}" for k in (10, 100, 20, 200)]
+    for key in ref.files:
+        np.testing.assert_array_equal(got[key], ref[key])
+    assert len(set(ref["all/k10"].tolist())) > 1  # not one class for every image
+    results = json.loads((two / "results.json").read_text())
+    assert results["subsets"] == single["subsets"]
+    text = format_status(collect(two))
+    job = read_record(two)["jobs"][-1]["job_id"]
+    assert f"{nodes[0]} ({hosts[0][1]}) rank 0: log.txt, submitit/{job}_0_log.err" in text
+    assert f"{nodes[1]} ({hosts[1][1]}) rank 1: log.rank1.txt, submitit/{job}_1_log.err" in text
 
 
 def _check_fsdp_across_two_nodes_through_a_requeue(runs: dict[str, Path], nodes: list[str]) -> None:
