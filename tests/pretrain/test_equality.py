@@ -78,8 +78,20 @@ TINY = [
     "eval.attention_images=0",
 ]
 MODES = ("ddp", "fsdp")
-# Float tolerance: float32 sums in another order, amplified by batch norm and AdamW.
+# Float tolerance of one forward/backward (loss terms, first-step gradients, k-NN features):
+# float32 sums in another order, amplified by batch norm.
 TOL = 2e-3
+# After an AdamW step (later gradients, weights): AdamW moves an element by about
+# ``lr * g / (|g| + eps)``, so one whose gradient is at float32 rounding level (~1e-6 of its
+# tensor's largest) moves by an amount the rounding picks, and the conv stem's batch norm on 8
+# images amplifies that about tenfold a step. Per-parameter clipping (fashion_tiny) leaves
+# such gradients above eps: measured at 4 processes, 3.6e-3 in later gradients and 2.5e-3 in
+# weights. Rounding, not a cross-process error: one process given the 4 processes' weights
+# after step 1 computes their step-2 gradients to 8e-6 (without them: 3.6e-4), and one
+# process against itself with GlobalBatchNorm for torch's batch norm differs by 3.7e-3 in
+# weights.
+TOL_AFTER_STEP = 1e-2
+AFTER_STEP = ("later_gradients", "weights")
 
 
 def case_config(preset: str, mode: str, world: int, data_root: Path):
@@ -295,7 +307,11 @@ def test_n_processes_train_like_one(fashion_scenes_root, tmp_path):
     bad = {
         case: diffs
         for case, diffs in found.items()
-        if any(v > TOL for k, v in diffs.items() if k != "scale")
+        if any(
+            v > (TOL_AFTER_STEP if k in AFTER_STEP else TOL)
+            for k, v in diffs.items()
+            if k != "scale"
+        )
         or not math.isclose(diffs.get("scale", 1.0), 1.0, rel_tol=TOL)
     }
     assert not bad, bad
