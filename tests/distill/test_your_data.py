@@ -270,6 +270,9 @@ def _probes(user: Path, backbone: str, tmp_path: Path, caplog) -> None:
         f"data.test_split={lists['test']}",
         f"data.cache_dir={tmp_path / 'probe_cache'}",
     ]
+    scenes_cfg = load_config("fewshot/probe", None, args)  # the default VOC-scenes protocol
+    with pytest.raises(ConfigError, match="is read by the classification protocols"):
+        run_stage("fewshot.probe", probe_run, scenes_cfg, tmp_path / "probe_scenes")
     small = ["resize=32", "crop=32"]
     knn_cfg = load_config(
         "fewshot/probe", "dino_knn", [*args, *(f"dino_knn.{a}" for a in small), "dino_knn.ks=[1,3]"]
