@@ -141,6 +141,13 @@ def run(cfg: Config, run_dir: RunDir) -> dict | None:
         train = train.subset(spread_indices(len(train), cfg.data.max_train_images))
     parts = subsets(cfg, train)
     test = test.subset(spread_indices(len(test), cfg.data.max_test_images))
+    shared = len(set(train.paths) & set(test.paths))
+    if shared:
+        log.warning(
+            "%d of %d test images are training images too: their scores are not held out",
+            shared,
+            len(test),
+        )
     log.info(
         "%s: %d train / %d test images, %d classes",
         cfg.protocol,

@@ -300,6 +300,7 @@ def _probes(user: Path, backbone: str, tmp_path: Path, caplog) -> None:
     )
     leak = run_stage("fewshot.probe", probe_run, self_cfg, tmp_path / "knn_self")
     assert leak["subsets"]["all"]["k=1"]["top1"] == 1.0
+    assert "6 of 6 test images are training images too" in caplog.text
 
     lr_cfg = load_config(
         "fewshot/probe",
