@@ -374,6 +374,21 @@ CASES = {
         ],
         lambda f, tmp: ["data.benchmark=pascal splits 20 classes", "data.folds"],
     ),
+    "probe: your folder without split lists": Case(
+        lambda f, tmp: [
+            "fewshot.probe",
+            "--config",
+            "dino_knn",
+            "--output-dir",
+            str(tmp / "run"),
+            f"backbone={f['exports']['small']}",
+            "data.format=folder",
+            f"data.root={f['user'] / 'photos'}",
+            f"data.labels={f['user'] / 'labels.csv'}",
+        ],
+        lambda f, tmp: [str(f["user"] / "photos" / "train.txt"), "data.train_split"],
+        lambda f, tmp: [f["user"]],
+    ),
     "launch: unknown stage": Case(
         lambda f, tmp: ["launch", "pretrian", "--output-dir", str(tmp / "run")],
         lambda f, tmp: ["pretrian", "pretrain"],

@@ -1,5 +1,6 @@
 """Labelled images for classification: ImageNet / torchvision ``ImageFolder`` layout, a CSV
-of ``path,label``, or the single-object scenes of a VOC-layout folder (FashionScenes).
+of ``path,label``, the single-object scenes of a VOC-layout folder (FashionScenes), or your
+own folder with its ``image,labels`` file (docs/your_data.md).
 
 Every format yields the same ``LabelledImages`` (paths, class indices, class ids and
 names), read by the low-shot probes and by pretraining's k-NN monitor alike.
@@ -12,6 +13,11 @@ names), read by the low-shot probes and by pretraining's k-NN monitor alike.
   any strings (classes are their sorted set in the train split).
 - ``voc``: the scenes of ``ROOT/ImageSets/Segmentation/<split>.txt`` holding exactly one
   class; the class comes from the mask.
+- ``folder``: images anywhere under ROOT with labels from a labels file read by
+  ``common.datasets.labels`` (``image,labels`` CSV, JSON or ``folders``); a split is an id
+  list, ``<split>`` itself when it ends in ``.txt``, else ``ROOT/<split>.txt``, one image a
+  line, named as in the labels file; items keep the list's order. Only images with exactly
+  one label are items; the others are counted in one log line.
 
 Split files (SimCLR's / MSN's ``1percent.txt``, MSN's ``{1,2,5}imgs_class.txt``) are plain
 lists of file names, one a line; ``split_indices`` maps them to items of a train split.
@@ -36,10 +42,12 @@ from common.config import ConfigError
 from common.datasets.errors import DatasetNotFoundError
 from common.datasets.folder import IMAGE_EXTENSIONS, list_images
 from common.datasets.items import load_rgb
+from common.datasets.labelled_folder import LabelledFolder
+from common.datasets.labels import IdMatcher
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "imagefolder", "csv", "voc")
+FORMATS = ("auto", "imagefolder", "csv", "voc", "folder")
 INTERPOLATIONS = {
     "bicubic": v2.InterpolationMode.BICUBIC,
     "bilinear": v2.InterpolationMode.BILINEAR,
@@ -185,21 +193,84 @@ def _voc(root: Path, split: str, classes: Sequence[str] | None) -> LabelledImage
     return LabelledImages(root, split, "voc", paths, np.asarray(labels, np.int64), names, names)
 
 
+def split_list(root: Path, split: str) -> Path:
+    """The id list of a ``folder`` split: ``split`` when it names a ``.txt``, else
+    ``ROOT/<split>.txt``."""
+    path = Path(split) if split.endswith(".txt") else root / f"{split}.txt"
+    if not path.is_file():
+        raise DatasetNotFoundError(
+            f"split list {path} does not exist; with data.format=folder set data.train_split "
+            "and data.test_split to text files naming your images, one a line (docs/your_data.md)"
+        )
+    return path
+
+
+def _folder(
+    root: Path, split: str, classes: Sequence[str] | None, labels: str | Path | None
+) -> LabelledImages:
+    if not labels:
+        raise ConfigError(
+            "data.format=folder needs data.labels: a labels.csv (image,labels), a .json or "
+            "'folders' (docs/your_data.md)"
+        )
+    ds = LabelledFolder(root, labels, classes=classes)
+    listed = split_list(root, split)
+    wanted = [w.strip() for w in listed.read_text().splitlines() if w.strip()]
+    matcher = IdMatcher(ds.ids)
+    found = [matcher.find(w) for w in wanted]
+    missing = [w for w, f in zip(wanted, found, strict=True) if f is None]
+    if missing:
+        raise DatasetNotFoundError(
+            f"{len(missing)} of {len(wanted)} images named in {listed} are not labelled images "
+            f"of {root} (e.g. {', '.join(missing[:3])}); name them as in {labels}"
+        )
+    position = {i: n for n, i in enumerate(ds.ids)}
+    items = list(dict.fromkeys(position[f] for f in found if f is not None))  # listed order
+    single = [n for n in items if len(ds.image_labels(n)) == 1]
+    if len(single) < len(items):
+        several = sum(len(ds.image_labels(n)) > 1 for n in items)
+        log.warning(
+            "split %s: %d of %d images have several labels and %d none; the single-label "
+            "probes use the %d with exactly one",
+            listed,
+            several,
+            len(items),
+            len(items) - len(single) - several,
+            len(single),
+        )
+    names = ds.class_names[1:]  # background is not a class here
+    y = np.asarray([ds.image_labels(n)[0] - 1 for n in single], np.int64)
+    return LabelledImages(root, split, "folder", [ds.paths[n] for n in single], y, names, names)
+
+
 READERS = {"imagefolder": _image_folder, "csv": _csv, "voc": _voc}
 
 
 def open_labelled(
-    root: str | Path, split: str, fmt: str = "auto", classes: Sequence[str] | None = None
+    root: str | Path,
+    split: str,
+    fmt: str = "auto",
+    classes: Sequence[str] | None = None,
+    labels: str | Path | None = None,
 ) -> LabelledImages:
     """The labelled images of ``split``; ``classes`` (the train split's) fixes the indices
-    of another split, where an unknown class is an error."""
+    of another split, where an unknown class is an error. ``labels`` is the labels file of
+    the ``folder`` format."""
     if fmt not in FORMATS:
         raise ConfigError(f"data format must be one of {FORMATS}, got {fmt!r}")
+    if labels and fmt != "folder":
+        raise ConfigError(
+            f"data.labels is read with data.format=folder (your images + {labels}); set it, "
+            "or drop data.labels for the path,label CSV and ImageFolder layouts"
+        )
     root = Path(root)
     found = detect_format(root, split) if fmt == "auto" else fmt
     if fmt == "auto":
         log.info("%s/%s: detected the %s format", root, split, found)
-    images = READERS[found](root, split, classes)
+    if found == "folder":
+        images = _folder(root, split, classes, labels)
+    else:
+        images = READERS[found](root, split, classes)
     if len(images) == 0:
         raise DatasetNotFoundError(
             f"split {split!r} of {root} ({found} format) has no labelled images"

@@ -133,13 +133,21 @@ def run(cfg: Config, run_dir: RunDir) -> dict | None:
         raise ConfigError(f"protocol must be fashion_scenes or one of {PROTOCOLS}")
     section = cfg[cfg.protocol]
     prep = {"resize": section.resize, "crop": section.crop, "interpolation": section.interpolation}
-    train = open_labelled(cfg.data.root, cfg.data.train_split, cfg.data.format)
-    test = open_labelled(cfg.data.root, cfg.data.test_split, train.fmt, train.classes)
+    d = cfg.data
+    train = open_labelled(d.root, d.train_split, d.format, labels=d.labels)
+    test = open_labelled(d.root, d.test_split, train.fmt, train.classes, d.labels)
     # CPU budgets: a subset spread over every class (split files index the full train list).
     if not cfg.data.split_files:
         train = train.subset(spread_indices(len(train), cfg.data.max_train_images))
     parts = subsets(cfg, train)
     test = test.subset(spread_indices(len(test), cfg.data.max_test_images))
+    shared = len(set(train.paths) & set(test.paths))
+    if shared:
+        log.warning(
+            "%d of %d test images are training images too: their scores are not held out",
+            shared,
+            len(test),
+        )
     log.info(
         "%s: %d train / %d test images, %d classes",
         cfg.protocol,

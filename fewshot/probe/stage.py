@@ -127,6 +127,11 @@ def refuse_classification_folder(root: str, split: str) -> None:
 def run(cfg: Config, run: RunDir) -> dict | None:
     if cfg.protocol != "fashion_scenes":
         return run_protocol(cfg, run)
+    if cfg.data.format == "folder":
+        raise ConfigError(
+            "data.format=folder (your images + data.labels) is read by the classification "
+            "protocols: add --config dino_knn | dinov2_logreg (docs/your_data.md)"
+        )
     refuse_classification_folder(cfg.data.root, cfg.data.train_split)
     source_of(cfg.backbone, "fewshot.probe")
     if cfg.threads:

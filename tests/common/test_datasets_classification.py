@@ -122,3 +122,34 @@ def test_unknown_format_or_interpolation_is_a_config_error(inet):
         open_labelled(inet, "train", "folders")
     with pytest.raises(ConfigError, match="interpolation must be one of"):
         eval_transform(256, 224, "lanczos")
+
+
+def test_your_folder_with_labels_csv_and_id_lists(tmp_path, caplog):
+    photos = tmp_path / "photos"
+    for i, rel in enumerate(["a/x1.jpg", "a/x2.png", "b/x3.jpg", "b/x4.jpg"]):
+        (photos / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20 + i, 16), (i * 40, 0, 0)).save(photos / rel)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,labels\na/x1.jpg,cat\na/x2.png,dog;cat\nb/x3,dog\nx4.jpg,\n")
+    (tmp_path / "train.txt").write_text("b/x3.jpg\na/x2\nx4.jpg\na/x1.jpg\n")
+    train = open_labelled(photos, str(tmp_path / "train.txt"), "folder", labels=labels)
+    # The list's order, images with one label only; the others counted in one line.
+    assert [p.name for p in train.paths] == ["x3.jpg", "x1.jpg"]
+    assert train.classes == ["cat", "dog"] and train.labels.tolist() == [1, 0]
+    assert "1 of 4 images have several labels and 1 none" in caplog.text
+    (photos / "val.txt").write_text("x1\n")  # a name resolves to ROOT/<name>.txt
+    assert open_labelled(photos, "val", "folder", train.classes, labels).labels.tolist() == [0]
+
+    with pytest.raises(ConfigError) as err:
+        open_labelled(photos, "val", "folder")
+    _one_line_error(err, "data.format=folder needs data.labels")
+    with pytest.raises(DatasetNotFoundError) as err:
+        open_labelled(photos, "test", "folder", labels=labels)
+    _one_line_error(err, "split list", "test.txt does not exist", "data.test_split")
+    (photos / "val.txt").write_text("x1\nc/x9.jpg\n")
+    with pytest.raises(DatasetNotFoundError) as err:
+        open_labelled(photos, "val", "folder", labels=labels)
+    _one_line_error(err, "1 of 2 images named in", "c/x9.jpg")
+    with pytest.raises(ConfigError) as err:
+        open_labelled(photos, "train", "csv", labels=labels)
+    _one_line_error(err, "data.labels is read with data.format=folder")

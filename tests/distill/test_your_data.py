@@ -1,5 +1,5 @@
 """Your own folder through every stage: pretrain -> distill (weak, mixed) -> distill.segment
--> fewshot with your own folds.
+-> fewshot with your own folds -> the k-NN and logistic-regression probes on labels.csv.
 
 The folder is laid out as a user keeps it (tests/distill/user_folder.py): JPEG and PNG of
 150-500 px in nested folders with a symlink, labels.csv, ten masks in their own folder.
@@ -25,6 +25,7 @@ from common.datasets.coco import COCOSegmentation
 from common.datasets.palette import read_mask
 from distill.segment.stage import run as segment_run
 from distill.stage import run as distill_run
+from fewshot.probe.stage import run as probe_run
 from fewshot.stage import run as fewshot_run
 from pretrain.attention import write_attention_figures
 from pretrain.stage import run as pretrain_run
@@ -217,6 +218,7 @@ def test_your_folder_through_every_stage(user, fashion_scenes_root, tmp_path, ca
     ) in caplog.text
     assert "1way" in fs["test"]
 
+    _probes(user, backbone, tmp_path, caplog)
     assert tree_digest(user) == before  # nothing written into the user's folders
 
 
@@ -245,3 +247,72 @@ def test_coco_images_get_pseudo_masks_at_their_own_size(coco_root, tiny_export, 
         for kind in ("weak", "mixed"):
             mask = read_mask(tmp_path / "run/pseudo_masks" / kind / f"{name}.png")
             assert mask.shape == train.read_mask(i).shape
+
+
+def _probes(user: Path, backbone: str, tmp_path: Path, caplog) -> None:
+    """k-NN and logistic regression on labels.csv, split by two id lists the user wrote."""
+    rows = [r.split(",") for r in (user / "labels.csv").read_text().splitlines()[1:]]
+    names = sorted({lab for _, labs in rows for lab in labs.split(";") if lab})
+    lists = {"train": tmp_path / "train.txt", "test": tmp_path / "test.txt"}
+    single = [r for r in rows if r[1] and ";" not in r[1]]
+    several = [r for r in rows if ";" in r[1]]
+    train, test = single[0::2] + several[0::2], single[1::2] + several[1::2]
+    lists["train"].write_text("".join(f"{image}\n" for image, _ in train))
+    lists["test"].write_text("".join(f"{image}\n" for image, _ in test))
+    expected = np.array([names.index(labs) for _, labs in single[1::2]])
+    args = [
+        backbone,
+        "device=cpu",
+        "data.format=folder",
+        f"data.root={user / 'photos'}",
+        f"data.labels={user / 'labels.csv'}",
+        f"data.train_split={lists['train']}",
+        f"data.test_split={lists['test']}",
+        f"data.cache_dir={tmp_path / 'probe_cache'}",
+    ]
+    scenes_cfg = load_config("fewshot/probe", None, args)  # the default VOC-scenes protocol
+    with pytest.raises(ConfigError, match="is read by the classification protocols"):
+        run_stage("fewshot.probe", probe_run, scenes_cfg, tmp_path / "probe_scenes")
+    small = ["resize=32", "crop=32"]
+    knn_cfg = load_config(
+        "fewshot/probe", "dino_knn", [*args, *(f"dino_knn.{a}" for a in small), "dino_knn.ks=[1,3]"]
+    )
+    knn = run_stage("fewshot.probe", probe_run, knn_cfg, tmp_path / "knn")
+    assert knn["classes"] == len(names) and knn["test_images"] == len(expected) > 3
+    assert "have several labels and 0 none; the single-label probes use the" in caplog.text
+    preds = np.load(tmp_path / "knn/predictions.npz")
+    for k in (1, 3):  # the reported accuracy is that of the predictions on labels.csv's classes
+        top1 = knn["subsets"]["all"][f"k={k}"]["top1"]
+        assert top1 == pytest.approx(float((preds[f"all/k{k}"] == expected).mean()))
+
+    # The test images listed as training images too: each is its own nearest neighbour.
+    lists["both"] = tmp_path / "both.txt"
+    lists["both"].write_text(lists["train"].read_text() + lists["test"].read_text())
+    self_cfg = load_config(
+        "fewshot/probe",
+        "dino_knn",
+        [
+            *args,
+            f"data.train_split={lists['both']}",
+            *(f"dino_knn.{a}" for a in small),
+            "dino_knn.ks=[1]",
+        ],
+    )
+    leak = run_stage("fewshot.probe", probe_run, self_cfg, tmp_path / "knn_self")
+    assert leak["subsets"]["all"]["k=1"]["top1"] == 1.0
+    assert "6 of 6 test images are training images too" in caplog.text
+
+    lr_cfg = load_config(
+        "fewshot/probe",
+        "dinov2_logreg",
+        [
+            *args,
+            *(f"dinov2_logreg.{a}" for a in small),
+            "dinov2_logreg.c_log10=[-2,2,5]",
+            "dinov2_logreg.holdout=0.34",  # two of the six training images choose C
+        ],
+    )
+    lr = run_stage("fewshot.probe", probe_run, lr_cfg, tmp_path / "logreg")
+    preds = np.load(tmp_path / "logreg/predictions.npz")["all/top1"]
+    assert lr["subsets"]["all"]["top1"] == pytest.approx(float((preds == expected).mean()))
+    assert len(preds) == len(expected) and len(lr["subsets"]["all"]["heldout_top1"]) == 5
