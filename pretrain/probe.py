@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from common.backbone import forward_tokens
+from common.config import ConfigError
 from common.datasets.classification import (
     LabelledImages,
     eval_transform,
@@ -116,6 +117,11 @@ class KNNProbe:
         size = int(eval_cfg.image_size or image_size)
         resize = int(eval_cfg.resize or round(size * 256 / 224))
         transform = eval_transform(resize, size, "bicubic")
+        if eval_cfg.format == "folder":  # its labels file and id lists are fewshot.probe keys
+            raise ConfigError(
+                "eval.format=folder is not read by the k-NN monitor; use imagefolder, csv or "
+                "voc for eval.root, or run fewshot.probe with data.format=folder after training"
+            )
         bank = open_labelled(root, eval_cfg.bank_split, eval_cfg.format)
         query = open_labelled(root, eval_cfg.query_split, bank.fmt, bank.classes)
         self.bank_images, self.bank_labels = probe_images(bank, eval_cfg.max_bank, transform)

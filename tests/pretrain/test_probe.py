@@ -16,7 +16,7 @@ from torchvision import transforms as T
 
 from common.backbone import backbone_kwargs, build_backbone
 from common.cli import run_stage
-from common.config import to_config
+from common.config import ConfigError, to_config
 from common.datasets.errors import DatasetNotFoundError
 from common.rundir import read_metrics
 from pretrain.probe import make_knn_probe
@@ -90,6 +90,9 @@ def test_unlabelled_training_folder_turns_the_monitor_off(inet, tmp_path, caplog
     # A named eval.root that is not labelled is the user's mistake: one line.
     with pytest.raises(DatasetNotFoundError, match="not a labelled dataset"):
         make_knn_probe(to_config({**EVAL, "root": str(flat)}), str(inet), 16)
+    # The folder format's labels file and id lists are fewshot.probe keys, not eval's.
+    with pytest.raises(ConfigError, match="eval.format=folder is not read by the k-NN monitor"):
+        make_knn_probe(to_config({**EVAL, "format": "folder"}), str(inet), 16)
 
 
 def test_pretraining_on_unlabelled_images_monitors_an_imagenet_val_folder(
