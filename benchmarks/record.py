@@ -87,11 +87,14 @@ def record_result(
     values: dict[str, Any] | None = None,
     argv: list[str] | None = None,
     out_dir: Path | None = None,
+    command_line: str | None = None,
 ) -> Path:
     """Write ``<out_dir>/<name>.json`` (default ``benchmarks/results``) and return its path.
 
     ``tables`` maps a table name to ``{"columns": [...], "rows": [[...], ...]}``; ``values``
-    maps a name to a single figure quoted in prose. The write is atomic.
+    maps a name to a single figure quoted in prose; ``command_line`` replaces the recorded
+    command where the numbers came from other commands than this one (a pipeline run). The
+    write is atomic.
     """
     for key, table in (tables or {}).items():
         if set(table) - {"columns", "rows", "caption"} or "rows" not in table:
@@ -102,7 +105,7 @@ def record_result(
             raise ValueError(f"table {key!r}: row {bad[0]} has not {width} cells")
     data = {
         "name": name,
-        "command": command(argv),
+        "command": command_line if command_line is not None else command(argv),
         "commit": commit(),
         "machine": machine(),
         "date": _dt.date.today().isoformat(),
