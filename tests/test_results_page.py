@@ -109,3 +109,34 @@ def test_no_page_restates_a_figure_the_results_do_not_hold():
                     continue
                 stale.append(f"{rel}:{number}: {m.group(0)!r} in {line.strip()[:90]!r}")
     assert not stale, "figures not on the results page:\n" + "\n".join(stale)
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_links_into_the_results_page_name_its_sections():
+    page = render_results.RESULTS_MD.read_text()
+    anchors = {_anchor(h) for h in re.findall(r"^#+ (.+)$", page, flags=re.M)}
+    broken = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for target in re.findall(r"RESULTS\.md#([\w\-]+)", path.read_text()):
+            if target not in anchors:
+                broken.append(f"{path.relative_to(ROOT)}: #{target}")
+    assert not broken, "links to no section of RESULTS.md:\n" + "\n".join(broken)
+
+
+def test_the_report_quotes_its_positive_controls_from_the_records():
+    from launch.report import positive_controls
+
+    table = positive_controls()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 7  # the header and six controls
+    assert "not recorded" not in table and "no record" not in table
+    on_page = _figures_on_the_page()
+    for row in rows[1:]:
+        recorded = row.split(" | ")[2]
+        assert set(re.findall(r"\d+\.\d+", recorded)) <= on_page, row
+    assert "not recorded" in positive_controls(ROOT / "no_such_folder")
