@@ -79,6 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="configs/pipeline/fashion_tiny.yaml")
     args = parser.parse_args(argv)
     manifest = json.loads((args.run / "manifest.json").read_text())
+    unfinished = [n for n, e in manifest["stages"].items() if e.get("status") != "completed"]
+    if unfinished:
+        raise SystemExit(
+            f"error: {args.run}: stage(s) {', '.join(unfinished)} did not complete; "
+            "record a finished run (python -m launch status shows where it stands)"
+        )
     bars = yaml.safe_load(Path(args.config).read_text()).get("bars") or []
     stages, seconds = [], {}
     for name, entry in manifest["stages"].items():

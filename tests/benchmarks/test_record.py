@@ -82,7 +82,14 @@ def test_a_pipeline_run_is_recorded_with_its_bars_on_every_fold(tmp_path):
         "fscs": ("fewshot", _stage_dir(pipe, "fscs", _fscs(0, 0.191, 0.183))),
     }
     pipe.joinpath("manifest.json").write_text(
-        json.dumps({"stages": {n: {"stage": s, "run_dir": str(d)} for n, (s, d) in stages.items()}})
+        json.dumps(
+            {
+                "stages": {
+                    n: {"stage": s, "run_dir": str(d), "status": "completed"}
+                    for n, (s, d) in stages.items()
+                }
+            }
+        )
     )
     fold1 = _stage_dir(tmp_path, "fold1", _fscs(1, 0.150, 0.155))
     record_pipeline.main(["--run", str(pipe), "--fewshot", f"fscs_fold1={fold1}"])
