@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         stages.append((name, "fewshot", read_summary(Path(folder))))
         seconds[name] = wall_clock(Path(folder) / "log.txt")
     distill = next((s for _, st, s in stages if st == "distill"), {})
+    distill = distill.get("quality") or distill  # a pipeline's results.json nests it or not
     by_method = {r["method"]: r for r in distill.get("rows") or []}
     assign = distill.get("class_assignment") or {}
     values = {f"{n}_time": minutes(s) for n, s in seconds.items()}
