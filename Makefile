@@ -39,6 +39,7 @@ test: venv apt-data apt-slurm
 demo: venv apt-data
 	$(PY) -m launch pipeline --config configs/pipeline/fashion_tiny.yaml --executor $(EXECUTOR) \
 		--output-dir runs/demo
+	PYTHONPATH=. $(PY) benchmarks/record_pipeline.py --run runs/demo  # benchmarks/results/demo.json
 
 lint: venv
 	$(VENV)/bin/ruff check .

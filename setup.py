@@ -34,7 +34,9 @@ setup(
             "tensorboard>=2.14",
         ],
         # On GPU clusters: `pip install -e .[gpu]` then `pip uninstall faiss-cpu`.
-        "gpu": ["xformers>=0.0.25", "faiss-gpu-cu12>=1.8"],
+        # faiss-gpu: the k-NN probes search on the GPU. No xformers: torch's SDPA is the
+        # attention every module uses.
+        "gpu": ["faiss-gpu-cu12>=1.8"],
         "coco": ["pycocotools>=2.0.7"],
         # Metric sinks besides metrics.jsonl (the `logging` config section).
         "tensorboard": ["tensorboard>=2.14"],

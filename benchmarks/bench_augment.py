@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from benchmarks.record import record_printed
 from common.config import load_config
 from common.datasets.fashion_scenes import generate_fashion_scenes
 from pretrain.data import MultiCropDataset, collate_multicrop, load_unlabeled
@@ -122,4 +123,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with record_printed("augment", ["throughput"]):
+        main()

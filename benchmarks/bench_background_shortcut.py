@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from bench_pretrain_quality import pixel_features, run_name  # the script's own directory
 
+from benchmarks.record import record_printed
 from common.backbone import build_backbone, load_backbone
 from common.datasets.fashion_scenes import scene_background
 from common.datasets.voc import VOCSegmentation
@@ -106,4 +107,5 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    with record_printed("background_shortcut", ["shortcut"]):
+        main()

@@ -31,12 +31,14 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import sys
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
 import torch
 
+from benchmarks.record import record_printed
 from common.cli import stage_main
 from common.config import to_config, to_dict
 from common.datasets.palette import read_mask
@@ -47,6 +49,25 @@ from fewshot.features import FrozenBackbone
 
 TRAIN_SETTINGS = stage.train_settings
 PAIRS = 400  # (query, support) pairs scored by --study pseudo_masks
+# Each study is its own record (benchmarks/results/<name>.json) and table.
+STUDY_RECORDS = {
+    "protocol": "cst_protocol",
+    "supervision": "cst_weak",
+    "pseudo_masks": "cst_weak_targets",
+    "training": "cst_training",
+}
+STUDY_KEYS = {
+    "protocol": "protocol",
+    "supervision": "supervision",
+    "pseudo_masks": "pseudo_masks",
+    "training": "training",
+}
+
+
+def _study(argv: list[str]) -> str:
+    return argv[argv.index("--study") + 1] if "--study" in argv[:-1] else "protocol"
+
+
 SIZE = 64  # FashionScenes' own size, the fashion_tiny preset's data.image_size
 
 
@@ -193,4 +214,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with record_printed(STUDY_RECORDS[_study(sys.argv)], [STUDY_KEYS[_study(sys.argv)]]):
+        status = main()
+    raise SystemExit(status)

@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from benchmarks.record import record_printed
 from common.backbone import build_backbone, load_backbone
 from common.config import load_config
 from common.datasets.voc import VOCSegmentation
@@ -99,4 +100,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with record_printed("distill_ablation", ["rules", "timing"]):
+        status = main()
+    raise SystemExit(status)

@@ -12,11 +12,11 @@ import argparse
 import hashlib
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.record import record_printed
 from common.datasets.fashion_mnist import load_fashion_mnist
 from common.datasets.fashion_scenes import generate_fashion_scenes
 
@@ -82,4 +82,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with record_printed("fashion_scenes", ["generation"]):
+        status = main()
+    raise SystemExit(status)

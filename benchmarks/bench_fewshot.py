@@ -15,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+from benchmarks.record import record_printed
 from common.cli import run_stage
 from common.config import load_config
 from fewshot.probe.stage import run as probe_stage_run
@@ -132,4 +133,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with record_printed("fewshot", ["fscs", "probe"]):
+        main()

@@ -26,6 +26,7 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
+from benchmarks.record import record_printed
 from common.cli import stage_main
 from fewshot import stage
 from fewshot.data import ImagePool, build_pool
@@ -100,4 +101,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with record_printed("fewshot_oracle", ["oracle"]):
+        status = main()
+    raise SystemExit(status)

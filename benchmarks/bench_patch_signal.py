@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from benchmarks.record import record_printed
 from common.backbone import build_backbone, load_backbone, num_prefix_tokens
 from common.datasets.voc import VOCSegmentation
 from common.metrics import IGNORE_INDEX
@@ -179,4 +180,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with record_printed("patch_signal", ["signal", "heads"]):
+        main()

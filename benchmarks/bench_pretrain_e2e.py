@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pretrain_speed import RECIPES, batch_for, photo_folder, sync  # noqa: E402
 
+from benchmarks.record import record_result  # noqa: E402
 from common.config import load_config  # noqa: E402
 from common.datasets.fashion_scenes import ensure_fashion_scenes  # noqa: E402
 from common.rundir import RunDir  # noqa: E402
@@ -123,6 +124,22 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     for augment_on, workers, e2e, step in rows:
         print(f"| {augment_on} | {workers} | {e2e:.1f} | {step:.1f} | {e2e / step:.2f} |")
+    record(args, what, rows)
+
+
+def record(args: argparse.Namespace, what: str, rows: list[tuple]) -> None:
+    """Record the table and, per worker count, how much faster the device path runs end to end."""
+    e2e = {(a, w): rate for a, w, rate, _ in rows}
+    values = {
+        f"device_over_worker_{w}_workers": round(e2e[("device", w)] / e2e[("worker", w)], 2)
+        for w in args.workers
+        if ("device", w) in e2e and ("worker", w) in e2e
+    }
+    table = [[a, w, round(r, 1), round(s, 1), round(r / s, 2)] for a, w, r, s in rows]
+    columns = ["augmentation", "workers", "end to end (img/s)", "step only (img/s)", "ratio"]
+    name = "pretrain_e2e" if args.recipe == "fashion_tiny" else f"pretrain_e2e_{args.recipe}"
+    values["data"] = what
+    record_result(name, tables={"e2e": {"columns": columns, "rows": table}}, values=values)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.record import record_printed
 from common.backbone import build_backbone, load_backbone
 from pretrain.probe import extract_features, knn_predict, lowshot_accuracy, single_object_images
 
@@ -187,4 +188,8 @@ def markdown(rows: list[dict], seeds: int, n_train: int, n_test: int, pooling: s
 
 
 if __name__ == "__main__":
-    main()
+    with record_printed(
+        "pretrain_quality_variants" if "--variants" in sys.argv else "pretrain_quality",
+        ["variants"] if "--variants" in sys.argv else ["fashion_tiny"],
+    ):
+        main()

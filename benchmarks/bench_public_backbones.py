@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.record import record_printed  # noqa: E402
 from common.backbone import load_backbone  # noqa: E402
 
 log = logging.getLogger("bench_public_backbones")
@@ -163,4 +164,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with record_printed("public_backbones", ["parity", "pos_embed"]):
+        main()

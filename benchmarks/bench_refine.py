@@ -19,6 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from benchmarks.record import record_printed
 from common.datasets.fashion_scenes import generate_fashion_scenes
 from common.datasets.voc import VOCSegmentation
 from distill.refine import ParVariationRefine, dual_threshold
@@ -100,4 +101,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with record_printed("refine", ["refine"]):
+        status = main()
+    raise SystemExit(status)

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.record import record_printed
+
 log = logging.getLogger("bench_sharded_memory")
 
 MODES = {
@@ -233,4 +235,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if "--worker" in sys.argv:  # a measuring subprocess: its parent records
+        main()
+    else:
+        with record_printed(
+            "sharded_memory" if "cuda" not in sys.argv else "gpu_sharded_memory",
+            ["cpu"] if "cuda" not in sys.argv else ["cuda"],
+        ):
+            main()

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.record import record_printed
 from common.backbone import build_backbone
 from common.config import load_config
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
@@ -150,4 +151,5 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    with record_printed("supervised_ceiling", ["ceiling"]):
+        main()

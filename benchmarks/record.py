@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import io
 import json
 import os
 import platform
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,14 @@ def command(argv: list[str] | None = None) -> str:
     return "PYTHONPATH=. .venv/bin/python " + shlex.join(argv)
 
 
+def markdown_table(text: str) -> dict[str, Any]:
+    """A printed markdown table (header, rule, rows) as a record table; other lines are skipped."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("|")]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    body = [r for r in cells[1:] if not all(set(c) <= set("-: ") for c in r)]
+    return {"columns": cells[0] if cells else [], "rows": body}
+
+
 def record_result(
     name: str,
     *,
@@ -87,11 +97,14 @@ def record_result(
     values: dict[str, Any] | None = None,
     argv: list[str] | None = None,
     out_dir: Path | None = None,
+    command_line: str | None = None,
 ) -> Path:
     """Write ``<out_dir>/<name>.json`` (default ``benchmarks/results``) and return its path.
 
     ``tables`` maps a table name to ``{"columns": [...], "rows": [[...], ...]}``; ``values``
-    maps a name to a single figure quoted in prose. The write is atomic.
+    maps a name to a single figure quoted in prose; ``command_line`` replaces the recorded
+    command where the numbers came from other commands than this one (a pipeline run). The
+    write is atomic.
     """
     for key, table in (tables or {}).items():
         if set(table) - {"columns", "rows", "caption"} or "rows" not in table:
@@ -102,17 +115,62 @@ def record_result(
             raise ValueError(f"table {key!r}: row {bad[0]} has not {width} cells")
     data = {
         "name": name,
-        "command": command(argv),
+        "command": command_line if command_line is not None else command(argv),
         "commit": commit(),
         "machine": machine(),
         "date": _dt.date.today().isoformat(),
         "tables": tables or {},
         "values": values or {},
     }
-    folder = Path(out_dir) if out_dir is not None else RESULTS_DIR
+    # LABELFEW_RESULTS_DIR sends records elsewhere: tests that run a benchmark set it, so the
+    # committed records change only when someone measures.
+    default = Path(os.environ.get("LABELFEW_RESULTS_DIR") or RESULTS_DIR)
+    folder = Path(out_dir) if out_dir is not None else default
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1, default=float) + "\n")
     tmp.replace(path)
     return path
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams: Any) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
+def split_printed(text: str, keys: list[str]) -> tuple[dict[str, dict], list[str]]:
+    """The markdown tables in printed text, named by ``keys`` in order (``table_N`` after
+    them), and the other non-empty lines."""
+    tables, other, block = [], [], []
+    for line in [*text.splitlines(), ""]:
+        if line.strip().startswith("|"):
+            block.append(line)
+            continue
+        if block:
+            tables.append(markdown_table("\n".join(block)))
+            block = []
+        if line.strip():
+            other.append(line.strip())
+    names = [*keys, *(f"table_{i}" for i in range(len(keys), len(tables)))]
+    return dict(zip(names, tables, strict=False)), other
+
+
+@contextlib.contextmanager
+def record_printed(name: str, keys: list[str], **values: Any) -> Iterator[None]:
+    """Record the markdown tables a benchmark prints (named by ``keys`` in print order), the
+    other lines it prints (value ``printed``) and ``values``; nothing is written on failure."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, buffer)):
+        yield
+    tables, other = split_printed(buffer.getvalue(), keys)
+    record_result(name, tables=tables, values={**values, "printed": other})

@@ -79,7 +79,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
         written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        if _disk_full(exc):
             raise CheckpointError(
                 f"disk full while writing {path}: more than {_mib(written)} needed, "
                 f"{_mib(shutil.disk_usage(path.parent).free)} free on that disk; the previous "
@@ -87,6 +87,18 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
             ) from None
         raise
     return path
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an error it was raised while handling, is a full disk: torch.save's
+    zip writer turns ENOSPC into a RuntimeError when it closes the archive."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def load_torch_file(

@@ -211,30 +211,133 @@ MEANING = {
     "cannot name the items (the GT-trained row is its upper bound).",
 }
 # Positive controls: the heads, the refine and the enhancer where the input carries the
-# signal. None runs in seconds, so the report quotes them as recorded, with their source.
-POSITIVE_CONTROLS = (
-    "| stage | control: the signal is given | recorded | source |\n"
-    "| --- | --- | --- | --- |\n"
-    "| distill | linear foreground probe on the `fashion_tiny` patch tokens, fitted on "
-    "ground-truth patches | 0.98 AUC (random-init ViT 0.97) | "
-    "`benchmarks/bench_patch_signal.py`, CPU, 2026-11-23 |\n"
-    "| distill | refine fed ground-truth-derived maps (true foreground over 16 px cells + "
-    "noise 0.3) | FB-IoU 89.5 -> 96.1 (VARM) | `benchmarks/bench_refine.py --noise 0.3`, CPU, "
-    "2026-12-02 |\n"
-    "| distill | enhancer with 10 ground-truth masks (embedded chain) | 39.4 / 94.3 mIoU / "
-    "FB-IoU against weak 29.9 / 70.3 | `python -m distill --config "
-    "configs/distill/fashion_tiny.yaml`, CPU, 2026-11-23 |\n"
-    "| fewshot | FS-CS head trained on ground-truth masks (fold 0, 1-way) | 26.5 mIoU against "
-    "20.3 from weak masks | `benchmarks/bench_fewshot.py --supervision full`, CPU, 2026-11-23 |\n"
-    "| fewshot | FS-CS head on oracle tokens (each patch: the one-hot code of its ground-truth "
-    "class; fold 0, full supervision, 300 steps) | 1-way ER 85.4 %, mIoU 63.0 % (prototype on the "
-    "same tokens 82.8 %, 30.4 %); the `fashion_tiny` backbone, 600 steps: 51.6 %, 26.5 % | "
-    "`benchmarks/bench_fewshot_oracle.py`, CPU, 2026-12-02 |\n"
-    "| distill/segment | decoder with a fine-tuned `fashion_tiny` backbone trained on "
-    "ground-truth masks | 44.1 mIoU (all classes) | `configs/distill/segment/fashion_tiny.yaml`, "
-    "CPU, 2026-11-23 |\n"
-    "\nNot measured: the enhancer fed ground-truth-derived input maps instead of attention."
-)
+# signal. None runs in seconds, so the report quotes them from the results records that the
+# results page is rendered from (benchmarks/results/), with the record's date.
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+def _record(name: str, results_dir: Path) -> dict:
+    try:
+        return json.loads((results_dir / f"{name}.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _cell(rec: Mapping, table: str, row: str, column: str) -> str | None:
+    """The cell of ``column`` in the first row of ``table`` whose first cell starts with ``row``."""
+    t = (rec.get("tables") or {}).get(table) or {}
+    cols = t.get("columns") or []
+    for r in t.get("rows") or []:
+        if str(r[0]).strip("*").startswith(row) and column in cols:
+            return str(r[cols.index(column)]).strip("*")
+    return None
+
+
+def _controls(results_dir: Path) -> list[tuple[str, str, str, str | None]]:
+    """(stage, control, record name, the recorded figure or None)."""
+    sig, ref, demo, fs, orc, seg = (
+        _record(n, results_dir)
+        for n in ("patch_signal", "refine", "demo", "fewshot", "fewshot_oracle", "segment")
+    )
+
+    def text(template: str, *cells: str | None) -> str | None:
+        return None if any(c is None for c in cells) else template.format(*cells)
+
+    auc = "fg probe AUC (blocks 0-3)"
+    dual = "FB-IoU dual threshold"
+    fs_miou = "1-way mIoU: head / random head / prototype"
+    demo_values = demo.get("values") or {}
+    return [
+        (
+            "distill",
+            "linear foreground probe on the `fashion_tiny` patch tokens, fitted on "
+            "ground-truth patches",
+            "patch_signal",
+            text(
+                "AUC {} per block (random-init ViT {})",
+                _cell(sig, "signal", "`fashion_tiny`", auc),
+                _cell(sig, "signal", "random-init", auc),
+            ),
+        ),
+        (
+            "distill",
+            "refine fed ground-truth-derived maps (true foreground over 16 px cells + noise 0.3)",
+            "refine",
+            text(
+                "FB-IoU {} -> {} (VARM)",
+                _cell(ref, "refine", "none", dual),
+                _cell(ref, "refine", "varm", dual),
+            ),
+        ),
+        (
+            "distill",
+            "enhancer with 10 ground-truth masks (embedded chain)",
+            "demo",
+            text(
+                "{} mIoU / FB-IoU against weak {}",
+                demo_values.get("enhancer_10"),
+                demo_values.get("weak"),
+            ),
+        ),
+        (
+            "fewshot",
+            "FS-CS head trained on ground-truth masks (fold 0, 1-way)",
+            "fewshot",
+            text(
+                "{} mIoU (head / random head / prototype) against {} from weak masks",
+                _row_for(fs, "full", fs_miou),
+                _row_for(fs, "weak", fs_miou),
+            ),
+        ),
+        (
+            "fewshot",
+            "FS-CS head on oracle tokens (each patch: the one-hot code of its "
+            "ground-truth class; fold 0, full supervision)",
+            "fewshot_oracle",
+            text(
+                "1-way ER {} %, mIoU {} % (prototype on the same tokens {} %, {} %)",
+                _cell(orc, "oracle", "oracle: head", "1-way ER"),
+                _cell(orc, "oracle", "oracle: head", "1-way mIoU"),
+                _cell(orc, "oracle", "oracle: prototype", "1-way ER"),
+                _cell(orc, "oracle", "oracle: prototype", "1-way mIoU"),
+            ),
+        ),
+        (
+            "distill/segment",
+            "decoder with a fine-tuned `fashion_tiny` backbone trained on ground-truth masks",
+            "segment",
+            text(
+                "{} mIoU / FB-IoU", _cell(seg, "wsss", "fine-tuned", "trained on GT (upper bound)")
+            ),
+        ),
+    ]
+
+
+def _row_for(rec: Mapping, supervision: str, column: str) -> str | None:
+    """The fold-0 row of the FS-CS table with this supervision."""
+    t = (rec.get("tables") or {}).get("fscs") or {}
+    cols = t.get("columns") or []
+    for r in t.get("rows") or []:
+        if str(r[0]) == "0" and str(r[1]) == supervision and column in cols:
+            return str(r[cols.index(column)]).replace("*", "")
+    return None
+
+
+def positive_controls(results_dir: Path = RESULTS_DIR) -> str:
+    """The positive controls as recorded in the results records, each with its source."""
+    lines = [
+        "| stage | control: the signal is given | recorded | source |",
+        "| --- | --- | --- | --- |",
+    ]
+    for stage, control, name, figure in _controls(results_dir):
+        rec = _record(name, results_dir)
+        source = f"`benchmarks/results/{name}.json`, {rec['date']}" if rec else "no record"
+        lines.append(f"| {stage} | {control} | {figure or 'not recorded'} | {source} |")
+    lines.append("")
+    lines.append(
+        "Not measured: the enhancer fed ground-truth-derived input maps instead of attention."
+    )
+    return "\n".join(lines)
 
 
 def _meaning(stages: list[str], bars: list[str]) -> str:
@@ -351,7 +454,7 @@ def write_report(
             "## Positive controls (recorded, not re-measured)",
             "What the heads, the refine and the enhancer do when their input carries the "
             "signal, next to what this run's backbone gives (the rows above).",
-            POSITIVE_CONTROLS,
+            positive_controls(),
             *sections,
         ]
     )

@@ -1,6 +1,7 @@
 """Backbone construction, export round-trip and attention access."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from common.backbone import (
     load_backbone,
 )
 from common.checkpoint import CheckpointError
+from tests.fixtures.small_disk import small_disk
 
 
 def tiny_kwargs(**kw):
@@ -95,42 +97,18 @@ def test_capture_hooks_are_removed_after_the_context():
     assert not model.blocks[0].attn._forward_pre_hooks
 
 
-def test_export_on_a_full_disk_keeps_the_previous_export(tmp_path, monkeypatch):
-    import errno
-    import os
-
-    import common.checkpoint
-
+def test_export_on_a_full_disk_keeps_the_previous_export(tmp_path):
     model = build_backbone(tiny_kwargs())
-    export_backbone(model, tiny_kwargs(), tmp_path, meta={"step": 1})
-    real_fdopen = os.fdopen
-    opened = []
-
-    class JsonFillsTheDisk:  # a real full disk cannot be made in a test
-        def __init__(self, fh):
-            self.fh = fh
-            opened.append(self)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.fh.close()
-
-        def __getattr__(self, name):
-            return getattr(self.fh, name)
-
-        def write(self, data):
-            if len(opened) == 1:  # backbone.pth is written first and goes through
-                return self.fh.write(data)
-            self.fh.write(bytes(data)[:10])
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(
-        common.checkpoint.os, "fdopen", lambda *a: JsonFillsTheDisk(real_fdopen(*a))
-    )
-    with pytest.raises(CheckpointError, match=r"disk full while writing .*backbone.json"):
-        export_backbone(model, tiny_kwargs(), tmp_path, meta={"step": 2})
-    monkeypatch.undo()
-    assert json.loads((tmp_path / "backbone.json").read_text())["meta"] == {"step": 1}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["backbone.json", "backbone.pth"]
+    with small_disk(tmp_path / "disk", mib=1) as disk:
+        export_backbone(model, tiny_kwargs(), disk / "export", meta={"step": 1})
+        before = (disk / "export" / "backbone.pth").read_bytes()
+        free = shutil.disk_usage(disk).free
+        (disk / "filler").write_bytes(b"x" * (free - len(before) // 2))  # half a backbone left
+        with pytest.raises(CheckpointError, match=r"disk full while writing .*backbone.pth"):
+            export_backbone(model, tiny_kwargs(), disk / "export", meta={"step": 2})
+        assert json.loads((disk / "export" / "backbone.json").read_text())["meta"] == {"step": 1}
+        assert (disk / "export" / "backbone.pth").read_bytes() == before
+        assert sorted(p.name for p in (disk / "export").iterdir()) == [
+            "backbone.json",
+            "backbone.pth",
+        ]

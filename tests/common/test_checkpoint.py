@@ -1,8 +1,8 @@
 """Atomic checkpoint writes and clear errors for unreadable or mismatched checkpoints."""
 
-import errno
 import multiprocessing as mp
 import os
+import re
 import signal
 import time
 
@@ -17,6 +17,7 @@ from common.checkpoint import (
     load_torch_file,
     save_checkpoint,
 )
+from tests.fixtures.small_disk import small_disk
 
 
 def _write_forever(path: str) -> None:
@@ -43,23 +44,19 @@ def test_crash_mid_write_leaves_previous_last_loadable(tmp_path):
     assert all(p.name.endswith(".tmp") for p in leftovers)
 
 
-def test_disk_full_keeps_the_previous_file_and_says_how_much_space(tmp_path, monkeypatch):
-    path = tmp_path / "last.pt"
-    atomic_torch_save({"step": 1}, path)
-
-    def fill_the_disk(obj, fh) -> None:  # a real full disk cannot be made in a test
-        fh.write(b"x" * 3 * 2**20)
-        fh.flush()
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", fill_the_disk)
-    with pytest.raises(
-        CheckpointError, match=r"disk full while writing .*last.pt: more than 3.0 MiB"
-    ):
-        atomic_torch_save({"step": 2}, path)
-    monkeypatch.undo()
-    assert load_torch_file(path) == {"step": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
+def test_disk_full_keeps_the_previous_file_and_says_how_much_space(tmp_path):
+    with small_disk(tmp_path / "disk", mib=2) as disk:
+        path = disk / "last.pt"
+        atomic_torch_save({"step": 1}, path)
+        with pytest.raises(CheckpointError) as err:
+            atomic_torch_save({"step": 2, "w": torch.zeros(2**20)}, path)  # 4 MiB on 2 MiB
+        message = str(err.value)
+        assert f"disk full while writing {path}" in message
+        needed, free = (float(x) for x in re.findall(r"([\d.]+) MiB", message))
+        assert 1.0 < needed <= 2.0 and free > 1.5  # what filled it; freed again after
+        assert "the previous last.pt is intact" in message
+        assert load_torch_file(path) == {"step": 1}
+        assert [p.name for p in disk.iterdir()] == ["last.pt"]  # no temp file left
 
 
 def test_truncated_checkpoint_gives_clear_error(tmp_path):

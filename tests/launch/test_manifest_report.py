@@ -236,7 +236,7 @@ def test_report_says_what_the_numbers_mean_and_quotes_positive_controls(tmp_path
     assert "**distill.** The weak pseudo-masks use the image-level labels only." in text
     assert "so the weak pseudo-masks must beat it" in text
     assert "## Positive controls (recorded, not re-measured)" in text
-    assert "`benchmarks/bench_refine.py --noise 0.3`" in text
+    assert "| FB-IoU " in text and "`benchmarks/results/refine.json`" in text  # from the record
     # Where saliency is not a bar the report says why it is a reference row.
     _, report = write_report(tmp_path, stages, [])
     assert "It is a reference row here, not a bar" in report.read_text()
