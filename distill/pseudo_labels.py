@@ -350,14 +350,17 @@ def write_pseudo_masks(
             mixed = labeler.classes((prob >= 0.5).long(), batch.labels, att, fit)
         for i, name in enumerate(batch.ids):
             size = batch.sizes[i] if batch.sizes else None
-            write_mask(out_root / "weak" / f"{name}.png", _at_size(weak[i], size))
+            written = _at_size(weak[i], size)
+            write_mask(out_root / "weak" / f"{name}.png", written)
             if mixed is not None:
                 m = gt_masks[name]() if name in gt_masks else _at_size(mixed[i], size)
                 write_mask(out_root / "mixed" / f"{name}.png", m)
+            # The shares describe the masks as written (each image's own size), not the
+            # working resolution they were computed at.
+            pixels += written.size
+            stats["weak_ignore_fraction"] += int((written == IGNORE_INDEX).sum())
+            stats["weak_fg_fraction"] += int(((written > 0) & (written != IGNORE_INDEX)).sum())
         stats["images"] += len(batch.ids)
-        pixels += weak.numel()
-        stats["weak_ignore_fraction"] += (weak == IGNORE_INDEX).sum().item()
-        stats["weak_fg_fraction"] += ((weak > 0) & (weak != IGNORE_INDEX)).sum().item()
     for key in ("weak_ignore_fraction", "weak_fg_fraction"):
         stats[key] /= max(pixels, 1)
     return stats
