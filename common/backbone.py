@@ -130,15 +130,19 @@ def num_prefix_tokens(model: VisionTransformer) -> int:
     return int(model.num_prefix_tokens)
 
 
-POS_INTERP = ("dino", "timm")  # ``model.pos_interp`` values
+POS_INTERP = ("dino", "msn", "timm")  # ``model.pos_interp`` values
 
 
-def dino_resample_pos(patch_pos: torch.Tensor, old: tuple[int, int], new: tuple[int, int]):
-    """DINO's position interpolation: [1, H0*W0, C] -> [1, h*w, C].
+def dino_resample_pos(
+    patch_pos: torch.Tensor, old: tuple[int, int], new: tuple[int, int], rule: str = "dino"
+):
+    """DINO's or MSN's position interpolation: [1, H0*W0, C] -> [1, h*w, C], no antialias.
 
-    Bicubic by scale factor ``(h + 0.1) / H0`` (the offset keeps the output size from
-    rounding down), no antialiasing: the sampling points differ from resampling to a
-    size, which is what timm's ``resample_abs_pos_embed`` does (with antialias).
+    ``dino``: bicubic by scale factor ``(h + 0.1) / H0`` (the offset keeps the output size
+    from rounding down), so the sampling points sit at ``(i + 0.5) * H0 / (h + 0.1) - 0.5``.
+    ``msn``: MSN's scale factor ``sqrt(h * w / (H0 * W0))``, which for square grids samples
+    exactly as a resize to ``(h, w)``. timm's ``resample_abs_pos_embed`` resizes to the size
+    too, but with antialiasing.
     """
     if tuple(old) == tuple(new):
         return patch_pos
@@ -146,7 +150,10 @@ def dino_resample_pos(patch_pos: torch.Tensor, old: tuple[int, int], new: tuple[
     dim = patch_pos.shape[-1]
     dtype = torch.promote_types(patch_pos.dtype, torch.float32)  # fp32 at least, as timm
     grid = patch_pos.to(dtype).reshape(1, h0, w0, dim).permute(0, 3, 1, 2)
-    out = F.interpolate(grid, scale_factor=((h + 0.1) / h0, (w + 0.1) / w0), mode="bicubic")
+    if rule == "msn":
+        out = F.interpolate(grid, size=(h, w), mode="bicubic")
+    else:
+        out = F.interpolate(grid, scale_factor=((h + 0.1) / h0, (w + 0.1) / w0), mode="bicubic")
     return out.permute(0, 2, 3, 1).reshape(1, h * w, dim).to(patch_pos.dtype)
 
 
@@ -154,7 +161,7 @@ def add_pos_embed(model: VisionTransformer, x: torch.Tensor, rule: str) -> torch
     """Prefix tokens plus position embeddings for patch embeddings ``x`` [B, h, w, C].
 
     ``rule`` is how a grid other than the training size gets its embeddings: ``timm``
-    (the model's own ``_pos_embed``) or ``dino`` (:func:`dino_resample_pos`).
+    (the model's own ``_pos_embed``), ``dino`` or ``msn`` (:func:`dino_resample_pos`).
     """
     if rule == "timm" or model.pos_embed is None:
         return model._pos_embed(x)
@@ -162,7 +169,7 @@ def add_pos_embed(model: VisionTransformer, x: torch.Tensor, rule: str) -> torch
     prefix = [t.expand(b, -1, -1) for t in (model.cls_token, model.reg_token) if t is not None]
     embedded = 0 if model.no_embed_class else int(model.num_prefix_tokens)
     pos = model.pos_embed
-    patch_pos = dino_resample_pos(pos[:, embedded:], model.patch_embed.grid_size, (h, w))
+    patch_pos = dino_resample_pos(pos[:, embedded:], model.patch_embed.grid_size, (h, w), rule)
     x = x.reshape(b, h * w, c)
     if model.no_embed_class:
         return model.pos_drop(torch.cat([*prefix, x + patch_pos], dim=1))
@@ -174,8 +181,8 @@ def trained_pos_interp(info: dict) -> str:
     """The position rule a backbone was trained with, from its ``backbone.json`` info.
 
     Our pretraining exports record ``model.pos_interp`` in their config (older ones used
-    timm's rule); timm models use timm's; DINO, DINOv2, iBOT and MSN checkpoints all
-    interpolate DINO's way.
+    timm's rule); timm models use timm's; DINO, DINOv2 and iBOT checkpoints interpolate
+    DINO's way, MSN checkpoints MSN's.
     """
     meta = info.get("meta") or {}
     model_cfg = (meta.get("config") or {}).get("model") or {}
@@ -183,7 +190,8 @@ def trained_pos_interp(info: dict) -> str:
         return str(model_cfg["pos_interp"])
     if meta.get("stage") == "pretrain" or str(meta.get("source", "")).startswith("timm:"):
         return "timm"
-    return "dino" if meta.get("source_format") else "timm"
+    fmt = str(meta.get("source_format") or "")
+    return ("msn" if fmt.startswith("MSN") else "dino") if fmt else "timm"
 
 
 def patch_grid(model: VisionTransformer, height: int, width: int) -> tuple[int, int]:

@@ -32,24 +32,31 @@ def global_count(n: int, device: torch.device) -> int:
 def sinkhorn_knopp(logits: torch.Tensor, temp: float, iters: int = 3) -> torch.Tensor:
     """Target probabilities [B, K] with uniform prototype marginals over the global batch.
 
-    ``Q = exp(logits / temp)``, then ``iters`` rounds of: scale each prototype's column to
-    total ``1 / K``, then each sample's row to total ``1 / B``; rows are finally rescaled to
-    sum to 1. Column sums are all-reduced, so ``B`` is the global batch.
+    ``Q = exp(logits / temp)``, then :func:`sinkhorn_balance`.
     """
     logits = logits.float()
-    n_rows = global_count(logits.shape[0], logits.device)
+    # Subtracting the global max keeps exp() finite without changing the normalised result.
+    peak = logits.max().detach().clone()
+    if dist.is_dist():
+        torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
+    return sinkhorn_balance(torch.exp((logits - peak) / temp), iters)
+
+
+@torch.no_grad()
+def sinkhorn_balance(q: torch.Tensor, iters: int = 3) -> torch.Tensor:
+    """Balance positive scores [B, K] into assignments: ``iters`` rounds of scaling each
+    prototype's column to total ``1 / K``, then each sample's row to total ``1 / B``; rows
+    are finally rescaled to sum to 1. Column sums are all-reduced, so ``B`` is the global
+    batch (MSN's ``distributed_sinkhorn``, the SwAV / DINOv2 iterations)."""
+    n_rows = global_count(q.shape[0], q.device)
     if n_rows < 2:
         raise ValueError(
             "Sinkhorn-Knopp needs at least 2 samples in the global batch (got "
             f"{n_rows}); raise train.batch_size or use collapse=centering"
         )
-    k = logits.shape[1]
-    # Subtracting the global max keeps exp() finite without changing the normalised result.
-    peak = logits.max().detach().clone()
-    if dist.is_dist():
-        torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
-    q = torch.exp((logits - peak) / temp).t()  # [K, B]
-    q /= dist.all_reduce_sum(q.sum().clone())
+    k = q.shape[1]
+    q = q.float().t()  # [K, B]
+    q = q / dist.all_reduce_sum(q.sum().clone())
     for _ in range(iters):
         q /= dist.all_reduce_sum(q.sum(dim=1, keepdim=True).clone())
         q /= k

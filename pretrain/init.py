@@ -5,8 +5,8 @@ kwargs are read off the checkpoint, the ``model`` keys are rewritten to match (s
 masks and the saved config agree), and a ``model`` key the config sets to something else is
 an error. Position embeddings are resampled to ``crops.global_size`` by timm's
 ``checkpoint_filter_fn``; local crops then use the position rule the checkpoint was trained
-with (``model.pos_interp``: DINO's for DINO / DINOv2 / iBOT / MSN files, timm's for timm
-models, the recorded one for our exports). Heads and the mask token start fresh.
+with (``model.pos_interp``: DINO's for DINO / DINOv2 / iBOT files, MSN's for MSN files, timm's
+for timm models, the recorded one for our exports). Heads and the mask token start fresh.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
-"""BEiT-style block-wise masks for the patch grid of a global crop (iBOT, MaskCluster, MSN)."""
+"""What the student does not see of a global crop: BEiT-style block-wise masks (iBOT,
+MaskCluster) and MSN's token dropping."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import torch
 
 
 class BlockMaskGenerator:
@@ -71,3 +73,12 @@ def sample_masks(
         if rng.random() < share:
             out[i] = generator(float(rng.uniform(*ratio_range)), rng)
     return out
+
+
+def token_keep(num_patches: int, drop: float, seed: int, step: int) -> torch.Tensor:
+    """Indices of the patch tokens MSN keeps: ``floor(num_patches * (1 - drop))`` of them, in
+    the order of one random permutation, the same for the whole batch (MSN's
+    ``patch_drop``). Drawn from ``(seed, step)``: every process and a resumed run agree."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    keep = int(math.floor(num_patches * (1.0 - drop)))
+    return torch.randperm(num_patches, generator=g)[:keep]

@@ -3,7 +3,8 @@
 The student and teacher are the same :class:`Encoder` (timm ViT backbone + heads); the
 teacher is a copy updated only by :meth:`MetaArch.update_teacher` (exponential moving
 average of the student, no gradient). Which loss terms run is pure configuration, so DINO,
-iBOT, MSN and MaskCluster are presets of one model.
+iBOT, MSN and MaskCluster are presets of one model; MSN pairs its views its own way
+(:meth:`MetaArch.msn_forward`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pretrain.init import InitBackbone
 from pretrain.losses.dino import DINOLoss
 from pretrain.losses.ibot import IBOTPatchLoss
 from pretrain.losses.koleo import KoLeoLoss
+from pretrain.losses.msn import MSNLoss
 from pretrain.losses.reconstruction import PixelReconstructionLoss, patchify
 from pretrain.sharding import local_shards
 
@@ -56,17 +58,24 @@ def encode_tokens(
     masks: torch.Tensor | None = None,
     mask_token: torch.Tensor | None = None,
     pos_interp: str = "timm",
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Final-norm tokens [B, N, C]; masked patch embeddings are replaced by ``mask_token``.
 
     Mirrors timm's ``forward_features`` with the replacement inserted before the position
     embedding, as in iBOT/BEiT (the mask token still gets its patch's position); crops of
     another size get their position embeddings by ``pos_interp`` (``model.pos_interp``).
+    ``keep``: the patch tokens that stay after the position embedding, in that order (MSN's
+    token dropping); the prefix tokens always stay.
     """
     x = backbone.patch_embed(images)  # [B, h, w, C]: dynamic_img_size keeps the grid
     if masks is not None:
         x = torch.where(masks.unsqueeze(-1), mask_token.to(x.dtype), x)
     x = add_pos_embed(backbone, x, pos_interp)
+    if keep is not None:
+        prefix = int(backbone.num_prefix_tokens)
+        index = torch.cat([torch.arange(prefix, device=x.device), prefix + keep.to(x.device)])
+        x = x[:, index]
     x = backbone.patch_drop(x)
     x = backbone.norm_pre(x)
     x = backbone.blocks(x)
@@ -140,8 +149,13 @@ class Encoder(nn.Module):
             )
         self.pos_interp = str(model_cfg.pos_interp)
 
-    def encode(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
-        return encode_tokens(self.backbone, images, masks, self.mask_token, self.pos_interp)
+    def encode(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return encode_tokens(self.backbone, images, masks, self.mask_token, self.pos_interp, keep)
 
     def summary(self, tokens: torch.Tensor) -> torch.Tensor:
         """The image-level token the cls head sees: the cls token or the mean patch token."""
@@ -167,12 +181,17 @@ class Encoder(nn.Module):
         masks: torch.Tensor,
         local_crops: torch.Tensor | None,
         with_patch_logits: bool,
+        msn: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Student outputs for [G*B] masked global crops and [L*B] local crops.
 
         Returns ``cls_logits`` [(G+L)*B, K] (globals first), ``cls_tokens`` of the globals,
         and for the masked patches ``patch_logits`` and ``pixel_pred`` when those heads run.
+        With ``msn`` (``keep``, ``teacher_bottleneck``) it is MSN's forward instead
+        (:meth:`msn_forward`), inside this call so that DDP and FSDP see it.
         """
+        if msn is not None:
+            return self.msn_forward(global_crops, local_crops, **msn)
         g_tokens = self.encode(global_crops, masks)
         cls_tokens = [self.summary(g_tokens)]
         if local_crops is not None:
@@ -184,6 +203,26 @@ class Encoder(nn.Module):
         if self.pixel_head is not None:
             out["pixel_pred"] = self.pixel_head(masked)
         return out
+
+    def msn_forward(
+        self,
+        global_crops: torch.Tensor,
+        local_crops: torch.Tensor | None,
+        keep: torch.Tensor,
+        teacher_bottleneck: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """MSN's student: ``cls_logits`` [(1+L)*B, K] of the [B] global crops with only the
+        ``keep`` patch tokens, then the [L*B] local crops; the head runs once per crop size,
+        so batch norm in it normalises each size on its own (MSN). ``target_logits`` [B, K]:
+        the teacher's bottleneck vectors scored against these same prototypes (MSN shares
+        them), without gradient."""
+        groups = [self.summary(self.encode(global_crops, keep=keep))]
+        if local_crops is not None:
+            groups.append(self.summary(self.encode(local_crops)))
+        logits = torch.cat([self.cls_head(g) for g in groups])
+        with torch.no_grad():
+            target = self.cls_head.last_layer(teacher_bottleneck)
+        return {"cls_logits": logits, "target_logits": target}
 
     @torch.no_grad()
     def teacher_forward(
@@ -219,11 +258,14 @@ class MetaArch(nn.Module):
         self.use_ibot = loss.ibot.weight > 0
         self.use_pixel = loss.pixel.weight > 0
         self.use_koleo = loss.koleo_weight > 0
-        if not (self.use_dino or self.use_ibot or self.use_pixel):
+        self.use_msn = loss.msn.weight > 0
+        if not (self.use_dino or self.use_ibot or self.use_pixel or self.use_msn):
             raise ValueError(
-                "every loss term is off (loss.dino.weight, loss.ibot.weight and "
-                "loss.pixel.weight are all 0); enable at least one"
+                "every loss term is off (loss.dino.weight, loss.ibot.weight, "
+                "loss.pixel.weight and loss.msn.weight are all 0); enable at least one"
             )
+        if self.use_msn:
+            check_msn(cfg)
         if (self.use_ibot or self.use_pixel) and cfg.masking.share <= 0:
             raise ValueError(
                 "loss.ibot / loss.pixel train on masked patches but masking.share is "
@@ -261,6 +303,12 @@ class MetaArch(nn.Module):
                 "or loss.pixel.weight=0"
             )
         self.pixel_loss = PixelReconstructionLoss(loss.pixel.norm_pix)
+        self.msn_loss = MSNLoss(
+            loss.student_temp,
+            loss.msn.sharpen,
+            loss.msn.label_smoothing,
+            int(loss.sinkhorn_iters) if loss.msn.sinkhorn else 0,
+        )
         self.koleo_loss = KoLeoLoss()
         # Unbound, so that it takes the teacher as an argument: a deep copy of the model
         # then runs its own teacher. Set to the compiled version by compile_encoders().
@@ -304,6 +352,8 @@ class MetaArch(nn.Module):
         ``patch_temp``: the teacher temperature of the patch targets (None = ``teacher_temp``).
         """
         student = student if student is not None else self.student
+        if self.use_msn:
+            return self.msn_forward(batch, student)
         globals_ = batch["global_crops"]  # [G, B, 3, S, S]
         n_global = globals_.shape[0]
         g_flat = globals_.flatten(0, 1)
@@ -365,6 +415,29 @@ class MetaArch(nn.Module):
         stats["mask_ratio"] = float(masks.float().mean())
         return total, stats
 
+    def msn_forward(
+        self, batch: dict[str, torch.Tensor], student: nn.Module
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """MSN: the teacher's first global crop is the target of the student's second global
+        crop (``batch["keep"]``: its patch tokens that stay) and of every local crop."""
+        globals_ = batch["global_crops"]
+        local = batch.get("local_crops")
+        l_flat = local.flatten(0, 1) if local is not None and local.shape[0] > 0 else None
+        t_out = self.teacher_forward(self.teacher, globals_[0], batch["masks"][0], False)
+        msn = {"keep": batch["keep"], "teacher_bottleneck": t_out["cls_bottleneck"]}
+        s_out = student(globals_[1], None, l_flat, False, msn=msn)
+        loss = self.loss_cfg
+        probs = self.msn_loss.probs(s_out["cls_logits"])
+        targets = self.msn_loss.targets(s_out["target_logits"])
+        terms = {
+            "msn": loss.msn.weight * self.msn_loss(probs, targets),
+            "memax": loss.memax_weight * memax_term(probs),
+        }
+        stats = {f"loss_{k}": float(v.detach()) for k, v in terms.items()}
+        stats.update(_target_stats(targets))
+        stats["teacher_head_agreement"] = head_agreement(t_out["cls_bottleneck"])
+        return sum(terms.values()), stats
+
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """``theta_t <- m theta_t + (1 - m) theta_s`` for every parameter (or local shard).
@@ -387,6 +460,36 @@ class MetaArch(nn.Module):
             chunks = flat.split([b.numel() for b in buffers])
             views = [c.view_as(b) for c, b in zip(chunks, buffers, strict=True)]
             torch._foreach_copy_(buffers, views)
+
+
+def check_msn(cfg) -> None:
+    """One line for a configuration MSN's step cannot run with."""
+    loss = cfg.loss
+    others = {
+        "loss.dino.weight": loss.dino.weight,
+        "loss.ibot.weight": loss.ibot.weight,
+        "loss.pixel.weight": loss.pixel.weight,
+        "loss.koleo_weight": loss.koleo_weight,
+    }
+    on = [f"{k}=0" for k, v in others.items() if v > 0]
+    if on:
+        raise ConfigError(f"loss.msn runs alone: set {', '.join(on)}, or loss.msn.weight=0")
+    if cfg.masking.share > 0:
+        raise ConfigError(
+            "loss.msn drops tokens (loss.msn.token_drop) instead of masking them: set "
+            "masking.share=0"
+        )
+    if int(cfg.crops.num_global) != 2:
+        raise ConfigError(
+            "loss.msn pairs the teacher's global crop with the student's: set crops.num_global=2"
+        )
+    if not cfg.heads.cls.norm_last_layer:
+        raise ConfigError(
+            "loss.msn scores cosines against unit-norm prototypes: set "
+            "heads.cls.norm_last_layer=true"
+        )
+    if not 0 <= float(loss.msn.token_drop) < 1:
+        raise ConfigError(f"loss.msn.token_drop must be in [0, 1), got {loss.msn.token_drop}")
 
 
 @torch.no_grad()

@@ -3,8 +3,9 @@
 Each schedule is a NumPy array with one value per training iteration, so resuming at step
 ``s`` is a lookup of index ``s`` rather than a replay, and a straight run and a resumed run
 see identical values. The formulas are those of DINO's ``cosine_scheduler`` and teacher
-temperature (also used by iBOT), so a preset steps through the same values as the
-published code.
+temperature (also used by iBOT), or with ``train.schedule=msn`` those of MSN's
+``WarmupCosineSchedule``, ``CosineWDSchedule`` and linear momentum, so a preset steps through
+the same values as the published code.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from common.config import ConfigError
 
 
 def cosine_schedule(
@@ -46,6 +49,33 @@ def per_epoch_warmup(
         [np.linspace(start, end, warmup_epochs), np.full(max(epochs - warmup_epochs, 0), end)]
     )[:epochs]
     return np.repeat(per_epoch, steps_per_epoch)
+
+
+SCHEDULES = ("dino", "msn")  # ``train.schedule`` values
+
+# MSN's cosines and momentum ramp span 1.25x the run, which therefore ends before them.
+MSN_HORIZON = 1.25
+
+
+def msn_lr(
+    start: float, peak: float, end: float, total_steps: int, warmup_steps: int, horizon: int
+) -> np.ndarray:
+    """MSN's ``WarmupCosineSchedule``: step ``i`` takes the value after the increment to
+    ``s = i + 1``: ``start + s / W * (peak - start)`` while ``s < W``, then a cosine from
+    ``peak`` to ``end`` over ``horizon - W`` steps, floored at ``end``."""
+    s = np.arange(1, total_steps + 1, dtype=np.float64)
+    warm = start + s / max(1, warmup_steps) * (peak - start)
+    progress = (s - warmup_steps) / max(1, horizon - warmup_steps)
+    cosine = np.maximum(end, end + (peak - end) * 0.5 * (1.0 + np.cos(np.pi * progress)))
+    return np.where(s < warmup_steps, warm, cosine)
+
+
+def msn_weight_decay(start: float, end: float, total_steps: int, horizon: int) -> np.ndarray:
+    """MSN's ``CosineWDSchedule``: a cosine over ``horizon`` steps at ``s = i + 1``, clamped
+    so that it never passes ``end``."""
+    s = np.arange(1, total_steps + 1, dtype=np.float64)
+    wd = end + (start - end) * 0.5 * (1.0 + np.cos(np.pi * s / horizon))
+    return np.maximum(end, wd) if end <= start else np.minimum(end, wd)
 
 
 @dataclass(frozen=True)
@@ -87,24 +117,57 @@ def patch_temperature(loss_cfg, epochs: int, steps_per_epoch: int) -> np.ndarray
     return np.concatenate([held, rest])
 
 
+def optimiser_schedules(
+    train_cfg, total: int, steps_per_epoch: int, global_batch: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """lr, weight decay and teacher momentum per step, by ``train.schedule``."""
+    kind = str(train_cfg.schedule)
+    if kind not in SCHEDULES:
+        raise ConfigError(f"train.schedule must be one of {list(SCHEDULES)}, got {kind!r}")
+    scale = global_batch / 256.0
+    peak, start = float(train_cfg.lr) * scale, float(train_cfg.start_lr) * scale
+    wd, wd_end = float(train_cfg.weight_decay), float(train_cfg.weight_decay_end)
+    m, m_end = float(train_cfg.momentum_teacher), float(train_cfg.momentum_teacher_end)
+    warmup_epochs = float(train_cfg.warmup_epochs)
+    if kind == "dino":
+        warmup = int(round(warmup_epochs * steps_per_epoch))
+        return (
+            cosine_schedule(peak, float(train_cfg.min_lr), total, warmup, start),
+            cosine_schedule(wd, wd_end, total),
+            cosine_schedule(m, m_end, total),
+        )
+    horizon = MSN_HORIZON * total
+    warmup = int(warmup_epochs * steps_per_epoch)
+    if warmup > total:
+        raise ValueError(
+            f"warm-up of {warmup} steps does not fit in {total} steps; "
+            "lower the warm-up epochs or train longer"
+        )
+    return (
+        msn_lr(start, peak, float(train_cfg.min_lr), total, warmup, int(horizon)),
+        msn_weight_decay(wd, wd_end, total, int(horizon)),
+        m + np.arange(total) * (m_end - m) / horizon,
+    )
+
+
 def build_schedules(train_cfg, loss_cfg, steps_per_epoch: int, global_batch: int) -> Schedules:
     """The run's schedules from the ``train`` and ``loss`` config sections.
 
-    The peak learning rate follows the linear scaling rule: ``train.lr * global_batch / 256``.
+    The learning rates follow the linear scaling rule: ``train.lr * global_batch / 256``
+    (and ``train.start_lr`` alike).
     """
     epochs = int(train_cfg.epochs)
     total = epochs * steps_per_epoch
-    peak_lr = float(train_cfg.lr) * global_batch / 256.0
-    warmup = int(round(float(train_cfg.warmup_epochs) * steps_per_epoch))
+    if total <= 0:
+        raise ValueError(f"a schedule needs at least one step, got total_steps={total}")
+    lr, weight_decay, momentum = optimiser_schedules(
+        train_cfg, total, steps_per_epoch, global_batch
+    )
     temp_warmup = int(loss_cfg.warmup_teacher_temp_epochs)  # whole epochs (config type)
     return Schedules(
-        lr=cosine_schedule(peak_lr, float(train_cfg.min_lr), total, warmup),
-        weight_decay=cosine_schedule(
-            float(train_cfg.weight_decay), float(train_cfg.weight_decay_end), total
-        ),
-        momentum=cosine_schedule(
-            float(train_cfg.momentum_teacher), float(train_cfg.momentum_teacher_end), total
-        ),
+        lr=lr,
+        weight_decay=weight_decay,
+        momentum=momentum,
         teacher_temp=per_epoch_warmup(
             float(loss_cfg.warmup_teacher_temp),
             float(loss_cfg.teacher_temp),

@@ -39,6 +39,7 @@ from pretrain.data import (
 )
 from pretrain.device_augment import BatchedMultiCrop
 from pretrain.init import load_init
+from pretrain.masking import token_keep
 from pretrain.model import MetaArch
 from pretrain.schedules import build_schedules
 from pretrain.sharding import (
@@ -57,13 +58,15 @@ log = logging.getLogger(__name__)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def param_groups(module: torch.nn.Module) -> list[dict]:
-    """Weight decay on weight matrices only: biases and norm scales (1-D) are not decayed."""
+def param_groups(module: torch.nn.Module, exclude: set | frozenset = frozenset()) -> list[dict]:
+    """Weight decay on weight matrices only: biases, norm scales (1-D) and ``exclude`` are not
+    decayed."""
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        skip = p.ndim <= 1 or name.endswith(".bias") or p in exclude
+        (no_decay if skip else decay).append(p)
     return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False}]
 
 
@@ -146,7 +149,12 @@ class Trainer:
             )
             # DDP broadcast rank 0's student; the teacher starts as that same copy everywhere.
             self.model.teacher.load_state_dict(self.model.student.state_dict())
-        self.optimizer = torch.optim.AdamW(param_groups(self.model.student))
+        # MSN neither decays nor clips its prototypes (the cls head's last layer).
+        self.prototypes = set()
+        if self.model.use_msn:
+            self.prototypes = set(self.model.student.cls_head.last_layer.parameters())
+        self.optimizer = torch.optim.AdamW(param_groups(self.model.student, self.prototypes))
+        self.clipped = [p for p in self.model.student.parameters() if p not in self.prototypes]
         self.autocast_dtype = PRECISIONS[t.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.last_layer_params = {
@@ -267,6 +275,12 @@ class Trainer:
             group["lr"] = values["lr"]
             group["weight_decay"] = values["wd"] if group["apply_wd"] else 0.0
 
+    def token_keep(self, step: int) -> torch.Tensor:
+        """The patch tokens MSN's student keeps of its global crop at ``step``."""
+        grid = int(self.cfg.crops.global_size) // int(self.cfg.model.patch_size)
+        drop = float(self.cfg.loss.msn.token_drop)
+        return token_keep(grid * grid, drop, int(self.cfg.seed), step).to(self.device)
+
     def _all_finite(self, *values: torch.Tensor) -> bool:
         flag = torch.tensor(
             [float(all(torch.isfinite(v).all() for v in values))], device=self.device
@@ -283,6 +297,8 @@ class Trainer:
         if self.step < self.mask_start:
             # iBOT's pred_start_epoch: the student sees unmasked crops until then.
             batch["masks"] = torch.zeros_like(batch["masks"])
+        if self.model.use_msn:
+            batch["keep"] = self.token_keep(self.step)
         with torch.autocast(
             self.device.type,
             dtype=self.autocast_dtype or torch.float32,
@@ -297,9 +313,7 @@ class Trainer:
         if finite:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-            grad_norm = clip_gradients(
-                list(self.model.student.parameters()), float(self.cfg.train.clip_grad), self.clip
-            )
+            grad_norm = clip_gradients(self.clipped, float(self.cfg.train.clip_grad), self.clip)
             # With fp16 an inf gradient is routine: the grad scaler skips that step itself.
             finite = self.scaler.is_enabled() or self._all_finite(grad_norm)
         if not finite:
