@@ -46,6 +46,12 @@ def minutes(seconds: float | None) -> str:
     return "-" if seconds is None else f"{int(seconds // 60)} min {round(seconds % 60):02d} s"
 
 
+def accuracy(scores: dict | None) -> str:
+    """A class-assignment rule's pixel accuracy, as distill's results.json holds it."""
+    value = (scores or {}).get("pixel_accuracy", float("nan"))
+    return f"{100 * value:.1f} %"
+
+
 def bars_rows(stages: list[tuple[str, str, dict]], bars: list[str]) -> list[list[str]]:
     present = {stage for _, stage, _ in stages}
     rows = []
@@ -104,8 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         saliency=pair(by_method.get("colour saliency (no learning)")),
         weak=pair(by_method.get("attention + refine")),
         random=pair(by_method.get("random-init ViT + refine")),
-        assign_prototype=f"{100 * assign.get('prototype', float('nan')):.1f} %",
-        assign_first_label=f"{100 * assign.get('first_label', float('nan')):.1f} %",
+        assign_prototype=accuracy(assign.get("prototype")),
+        assign_first_label=accuracy(assign.get("first_label")),
     )
     for n in (10, 50, 200):
         values[f"enhancer_{n}"] = pair(by_method.get(f"+ enhancer ({n} GT)"))

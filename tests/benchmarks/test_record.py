@@ -74,7 +74,10 @@ def test_a_pipeline_run_is_recorded_with_its_bars_on_every_fold(tmp_path):
             row("attention + refine", 0, 0.284, 0.656),
             row("+ enhancer (10 GT)", 10, 0.394, 0.929),
         ],
-        "class_assignment": {"prototype": 0.472, "first_label": 0.494},
+        "class_assignment": {
+            "prototype": {"pixel_accuracy": 0.472, "images": 249},
+            "first_label": {"pixel_accuracy": 0.494, "images": 249},
+        },
     }
     pipe = tmp_path / "demo"
     stages = {
