@@ -187,9 +187,23 @@ def markdown(rows: list[dict], seeds: int, n_train: int, n_test: int, pooling: s
     return "\n".join(lines) + "\n"
 
 
+def margins(rows: list[dict]) -> dict[str, str]:
+    """The first run's lead over raw pixels and over the random ViT, lowest-highest over the
+    low-shot columns (logistic regression and 1-NN at every shot count), in points."""
+    if len(rows) < 3:
+        return {}
+    run = rows[2]
+    cells = [f"{m}_{s}" for m in ("logreg", "knn") for s in SHOTS]
+    out = {}
+    for base, key in ((rows[0], "margin_over_raw_pixels"), (rows[1], "margin_over_random_vit")):
+        diffs = [run[c][0] - base[c][0] for c in cells]
+        out[key] = f"{min(diffs):.1f} to {max(diffs):.1f}"
+    return out
+
+
 if __name__ == "__main__":
     with record_printed(
         "pretrain_quality_variants" if "--variants" in sys.argv else "pretrain_quality",
         ["variants"] if "--variants" in sys.argv else ["fashion_tiny"],
-    ):
-        main()
+    ) as values:
+        values.update(margins(main()))

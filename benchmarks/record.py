@@ -166,11 +166,13 @@ def split_printed(text: str, keys: list[str]) -> tuple[dict[str, dict], list[str
 
 
 @contextlib.contextmanager
-def record_printed(name: str, keys: list[str], **values: Any) -> Iterator[None]:
+def record_printed(name: str, keys: list[str], **values: Any) -> Iterator[dict]:
     """Record the markdown tables a benchmark prints (named by ``keys`` in print order), the
-    other lines it prints (value ``printed``) and ``values``; nothing is written on failure."""
+    other lines it prints (value ``printed``), ``values`` and what the body adds to the dict
+    it is given; nothing is written on failure."""
     buffer = io.StringIO()
+    computed: dict[str, Any] = {}
     with contextlib.redirect_stdout(_Tee(sys.stdout, buffer)):
-        yield
+        yield computed
     tables, other = split_printed(buffer.getvalue(), keys)
-    record_result(name, tables=tables, values={**values, "printed": other})
+    record_result(name, tables=tables, values={**values, **computed, "printed": other})

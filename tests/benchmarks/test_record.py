@@ -111,3 +111,20 @@ def test_a_pipeline_run_is_recorded_with_its_bars_on_every_fold(tmp_path):
     assert values["weak"] == "28.4 / 65.6" and values["assign_first_label"] == "49.4 %"
     assert values["fscs_time"] == values["fscs_fold1_time"] == "2 min 05 s"
     assert "fold=1 supervision=weak --output-dir" in rec["command"]
+
+
+def test_pretrain_quality_margins_span_the_low_shot_columns():
+    from benchmarks.bench_pretrain_quality import margins
+
+    def row(values: list[float]) -> dict:
+        cells = [f"{m}_{s}" for m in ("logreg", "knn") for s in (1, 2, 5)]
+        return {c: (v, 0.0) for c, v in zip(cells, values, strict=True)}
+
+    raw = row([15.5, 20.9, 21.9, 15.3, 20.5, 22.5])
+    random_vit = row([9.7, 13.1, 17.7, 11.3, 14.1, 13.8])
+    run = row([23.1, 28.3, 32.6, 22.8, 25.0, 28.4])
+    assert margins([raw, random_vit, run]) == {
+        "margin_over_raw_pixels": "4.5 to 10.7",
+        "margin_over_random_vit": "10.9 to 15.2",
+    }
+    assert margins([raw, random_vit]) == {}
