@@ -133,7 +133,7 @@ def num_prefix_tokens(model: VisionTransformer) -> int:
 POS_INTERP = ("dino", "msn", "timm")  # ``model.pos_interp`` values
 
 
-def dino_resample_pos(
+def resample_pos(
     patch_pos: torch.Tensor, old: tuple[int, int], new: tuple[int, int], rule: str = "dino"
 ):
     """DINO's or MSN's position interpolation: [1, H0*W0, C] -> [1, h*w, C], no antialias.
@@ -161,7 +161,7 @@ def add_pos_embed(model: VisionTransformer, x: torch.Tensor, rule: str) -> torch
     """Prefix tokens plus position embeddings for patch embeddings ``x`` [B, h, w, C].
 
     ``rule`` is how a grid other than the training size gets its embeddings: ``timm``
-    (the model's own ``_pos_embed``), ``dino`` or ``msn`` (:func:`dino_resample_pos`).
+    (the model's own ``_pos_embed``), ``dino`` or ``msn`` (:func:`resample_pos`).
     """
     if rule == "timm" or model.pos_embed is None:
         return model._pos_embed(x)
@@ -169,7 +169,7 @@ def add_pos_embed(model: VisionTransformer, x: torch.Tensor, rule: str) -> torch
     prefix = [t.expand(b, -1, -1) for t in (model.cls_token, model.reg_token) if t is not None]
     embedded = 0 if model.no_embed_class else int(model.num_prefix_tokens)
     pos = model.pos_embed
-    patch_pos = dino_resample_pos(pos[:, embedded:], model.patch_embed.grid_size, (h, w), rule)
+    patch_pos = resample_pos(pos[:, embedded:], model.patch_embed.grid_size, (h, w), rule)
     x = x.reshape(b, h * w, c)
     if model.no_embed_class:
         return model.pos_drop(torch.cat([*prefix, x + patch_pos], dim=1))
@@ -191,7 +191,9 @@ def trained_pos_interp(info: dict) -> str:
     if meta.get("stage") == "pretrain" or str(meta.get("source", "")).startswith("timm:"):
         return "timm"
     fmt = str(meta.get("source_format") or "")
-    return ("msn" if fmt.startswith("MSN") else "dino") if fmt else "timm"
+    if not fmt:
+        return "timm"
+    return "msn" if fmt.startswith("MSN") else "dino"
 
 
 def patch_grid(model: VisionTransformer, height: int, width: int) -> tuple[int, int]:

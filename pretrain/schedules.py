@@ -17,6 +17,17 @@ import numpy as np
 from common.config import ConfigError
 
 
+def check_steps(total_steps: int, warmup_steps: int = 0) -> None:
+    """One line for a schedule without steps or a warm-up longer than the run."""
+    if total_steps <= 0:
+        raise ValueError(f"a schedule needs at least one step, got total_steps={total_steps}")
+    if not 0 <= warmup_steps <= total_steps:
+        raise ValueError(
+            f"warm-up of {warmup_steps} steps does not fit in {total_steps} steps; "
+            "lower the warm-up epochs or train longer"
+        )
+
+
 def cosine_schedule(
     start: float, end: float, total_steps: int, warmup_steps: int = 0, warmup_start: float = 0.0
 ) -> np.ndarray:
@@ -27,13 +38,7 @@ def cosine_schedule(
     ``end + (start - end) * (1 + cos(pi * t / T)) / 2`` with ``t = i - W`` and
     ``T = total_steps - W``, so the last step stops one step short of ``end``.
     """
-    if total_steps <= 0:
-        raise ValueError(f"a schedule needs at least one step, got total_steps={total_steps}")
-    if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(
-            f"warm-up of {warmup_steps} steps does not fit in {total_steps} steps; "
-            "lower the warm-up epochs or train longer"
-        )
+    check_steps(total_steps, warmup_steps)
     warmup = np.linspace(warmup_start, start, warmup_steps)
     n = total_steps - warmup_steps
     cosine = end + 0.5 * (start - end) * (1.0 + np.cos(np.pi * np.arange(n) / max(n, 1)))
@@ -138,11 +143,7 @@ def optimiser_schedules(
         )
     horizon = MSN_HORIZON * total
     warmup = int(warmup_epochs * steps_per_epoch)
-    if warmup > total:
-        raise ValueError(
-            f"warm-up of {warmup} steps does not fit in {total} steps; "
-            "lower the warm-up epochs or train longer"
-        )
+    check_steps(total, warmup)
     return (
         msn_lr(start, peak, float(train_cfg.min_lr), total, warmup, int(horizon)),
         msn_weight_decay(wd, wd_end, total, int(horizon)),
@@ -158,8 +159,7 @@ def build_schedules(train_cfg, loss_cfg, steps_per_epoch: int, global_batch: int
     """
     epochs = int(train_cfg.epochs)
     total = epochs * steps_per_epoch
-    if total <= 0:
-        raise ValueError(f"a schedule needs at least one step, got total_steps={total}")
+    check_steps(total)
     lr, weight_decay, momentum = optimiser_schedules(
         train_cfg, total, steps_per_epoch, global_batch
     )

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.backbone import dino_resample_pos, trained_pos_interp
+from common.backbone import resample_pos, trained_pos_interp
 from common.config import ConfigError, load_config
 from common.rundir import RunDir
 from pretrain.collapse import memax_term
@@ -81,13 +81,13 @@ def test_dropped_tokens_leave_the_kept_ones_with_their_positions(tiny_config):
 @pytest.mark.parametrize("old,new", [(14, 6), (4, 2), (16, 7)])
 def test_msn_positions_follow_msns_scale_factor(old, new):
     grid = torch.randn(1, old * old, 5, generator=torch.Generator().manual_seed(old))
-    got = dino_resample_pos(grid, (old, old), (new, new), "msn")
+    got = resample_pos(grid, (old, old), (new, new), "msn")
     # MSN's interpolate_pos_encoding: bicubic by scale factor sqrt(npatch / N), no antialias.
     image = grid.reshape(1, old, old, 5).permute(0, 3, 1, 2)
     scale = math.sqrt(new * new / (old * old))
     want = F.interpolate(image, scale_factor=scale, mode="bicubic").permute(0, 2, 3, 1)
     torch.testing.assert_close(got, want.reshape(1, new * new, 5), rtol=0, atol=1e-6)
-    assert (got - dino_resample_pos(grid, (old, old), (new, new), "dino")).abs().max() > 1e-3
+    assert (got - resample_pos(grid, (old, old), (new, new), "dino")).abs().max() > 1e-3
     assert trained_pos_interp({"meta": {"source_format": "MSN checkpoint (target_encoder)"}}) == (
         "msn"
     )

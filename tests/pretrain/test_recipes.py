@@ -10,7 +10,7 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from common.backbone import add_pos_embed, dino_resample_pos, trained_pos_interp
+from common.backbone import add_pos_embed, resample_pos, trained_pos_interp
 from common.config import ConfigError
 from pretrain.clipping import clip_gradients
 from pretrain.init import load_init
@@ -78,7 +78,7 @@ def test_local_crop_positions_follow_dinos_published_rule(old, new):
     grid = torch.randn(
         old, old, 5, generator=torch.Generator().manual_seed(old), dtype=torch.float64
     )
-    got = dino_resample_pos(grid.reshape(1, old * old, 5), (old, old), (new, new))
+    got = resample_pos(grid.reshape(1, old * old, 5), (old, old), (new, new))
     want = _published_rule(grid.numpy(), new).reshape(1, new * new, 5)
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-10)
     # timm's antialiased resize to the size is another grid altogether.
